@@ -1,0 +1,74 @@
+"""Offline fixtures: a tiny random Whisper folder, generated audio, and a Common Voice release layout."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from whisper_lora_pl.convert import tiny_whisper
+
+REPO = Path(__file__).resolve().parent.parent
+CV11_COLUMNS = [
+    "client_id",
+    "path",
+    "sentence",
+    "up_votes",
+    "down_votes",
+    "age",
+    "gender",
+    "accents",
+    "locale",
+    "segment",
+]
+SENTENCES = ["今天天气很好", "我们去公园散步", "这是一个测试", "请把门关上", "他喜欢喝茶", "明天见"]
+
+
+def tone(seconds: float, rate: int, channels: int = 1, freq: float = 440.0) -> np.ndarray:
+    """A quiet sine with a little noise: decodable, deterministic audio of a known length."""
+    t = np.arange(int(seconds * rate)) / rate
+    rng = np.random.default_rng(int(freq))
+    wave = 0.3 * np.sin(2 * np.pi * freq * t) + 0.01 * rng.standard_normal(t.size)
+    return np.repeat(wave[:, None], channels, axis=1).astype(np.float32)
+
+
+def write_clip(path: Path, seconds: float = 1.0, rate: int = 48_000, channels: int = 1, freq: float = 440.0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, tone(seconds, rate, channels, freq), rate)
+    return path
+
+
+def write_tsv(path: Path, rows: list[dict], columns: list[str] = CV11_COLUMNS) -> None:
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, columns, delimiter="\t", quoting=csv.QUOTE_NONE, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({c: row.get(c, "") for c in columns})
+
+
+def make_cv_release(root: Path, splits: dict[str, list[str]], locale: str = "zh-CN") -> Path:
+    """``root/<locale>/clips/*.mp3`` at 48 kHz with the CV 11 TSV columns; returns ``root``."""
+    folder = root / locale
+    for split, sentences in splits.items():
+        rows = []
+        for i, sentence in enumerate(sentences):
+            name = f"common_voice_{locale}_{split}_{i}.mp3"
+            write_clip(folder / "clips" / name, seconds=1.0 + 0.25 * (i % 3), freq=300 + 50 * i)
+            rows.append({"client_id": f"c{i}", "path": name, "sentence": sentence, "locale": locale})
+        write_tsv(folder / f"{split}.tsv", rows)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A saved tiny random multilingual Whisper, so the real ``from_pretrained(name)`` path runs on a folder."""
+    return str(tiny_whisper(tmp_path_factory.mktemp("tiny-whisper")))
+
+
+@pytest.fixture(scope="session")
+def cv_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cv")
+    return make_cv_release(root, {"train": SENTENCES[:4], "dev": SENTENCES[4:], "test": SENTENCES[4:]})

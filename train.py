@@ -1,0 +1,3 @@
+from whisper_lora_pl.cli import main
+
+main()

@@ -1,0 +1,214 @@
+"""WhisperDataModule: splits from a source, filtered and tokenized once, log-mel computed in the workers."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Literal
+
+import lightning as L
+import numpy as np
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+from transformers import WhisperConfig, WhisperProcessor
+
+from whisper_lora_pl.audio import SAMPLING_RATE, AudioError, audio_duration, load_audio
+from whisper_lora_pl.collate import SpeechCollator, UnrepeatedDistributedSampler
+from whisper_lora_pl.convert import resolve_model_name
+from whisper_lora_pl.sources import Example, Source
+
+log = logging.getLogger(__name__)
+
+Stage = Literal["train", "val", "test"]
+
+
+@dataclass
+class PreparedSplit:
+    """The examples that passed the filters, their label ids, and what was skipped and why."""
+
+    examples: list[Example]
+    labels: list[list[int]]
+    skipped: Counter = field(default_factory=Counter)
+
+    def summary(self, name: str) -> str:
+        skips = ", ".join(f"{count} {why}" for why, count in sorted(self.skipped.items())) or "none"
+        return f"{name}: {len(self.examples)} clips kept, skipped: {skips}"
+
+
+class SpeechDataset(Dataset):
+    """Decodes and featurizes one clip per item; a clip that fails to decode is warned about and becomes None."""
+
+    def __init__(self, split: PreparedSplit, processor: WhisperProcessor) -> None:
+        self.split = split
+        self.feature_extractor = processor.feature_extractor
+
+    def __len__(self) -> int:
+        return len(self.split.examples)
+
+    def __getitem__(self, index: int) -> dict | None:
+        example = self.split.examples[index]
+        try:
+            wave = load_audio(example.audio, SAMPLING_RATE)
+        except AudioError as err:
+            log.warning("skipping clip %s: %s", example.id, err)
+            return None
+        features = self.feature_extractor(wave, sampling_rate=SAMPLING_RATE, return_tensors="np").input_features[0]
+        return {"input_features": features.astype(np.float32), "labels": self.split.labels[index], "index": index}
+
+
+class WhisperDataModule(L.LightningDataModule):
+    """Speech-to-text batches for Whisper from any :class:`~whisper_lora_pl.sources.Source`.
+
+    Args:
+        source: where the examples come from (a Common Voice folder, the Data Collective, the hub, a manifest).
+        model_name: hub name or folder of the model; its processor tokenizes and featurizes (linked from the model).
+        language: Whisper language code for the label prefix, or None for English-only models (linked).
+        task: ``transcribe`` or ``translate``, or None for English-only models (linked).
+        train_split: split expression for training, e.g. ``train+dev``.
+        val_split: split expression for validation during ``fit`` and ``validate``.
+        test_split: split expression for ``test``.
+        batch_size: training batch size per device.
+        eval_batch_size: evaluation batch size per device (defaults to ``batch_size``).
+        num_workers: DataLoader workers that decode audio and compute log-mel features.
+        max_train_samples: keep only the first N training examples (smoke runs).
+        max_eval_samples: keep only the first N validation/test examples.
+        max_duration: clips longer than this many seconds are skipped (Whisper sees 30 s windows).
+        probe_threads: threads that read audio headers while filtering.
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        model_name: str = "openai/whisper-large-v2",
+        language: str | None = "zh",
+        task: Literal["transcribe", "translate"] | None = "transcribe",
+        train_split: str = "train+dev",
+        val_split: str | None = "test",
+        test_split: str | None = "test",
+        batch_size: int = 64,
+        eval_batch_size: int | None = None,
+        num_workers: int = 4,
+        max_train_samples: int | None = None,
+        max_eval_samples: int | None = None,
+        max_duration: float = 30.0,
+        probe_threads: int = 8,
+    ) -> None:
+        super().__init__()
+        self.source = source
+        self.model_name, self.language, self.task = model_name, language, task
+        self.split_names: dict[Stage, str | None] = {"train": train_split, "val": val_split, "test": test_split}
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.max_samples: dict[Stage, int | None] = {
+            "train": max_train_samples,
+            "val": max_eval_samples,
+            "test": max_eval_samples,
+        }
+        self.max_duration = max_duration
+        self.probe_threads = probe_threads
+        self.processor: WhisperProcessor | None = None
+        self.prepared: dict[Stage, PreparedSplit] = {}
+
+    def prepare_data(self) -> None:
+        """One process per node: fetch the corpus and the processor into their caches."""
+        self.source.prepare()
+        WhisperProcessor.from_pretrained(resolve_model_name(self.model_name))
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.processor is None:
+            self.processor = WhisperProcessor.from_pretrained(resolve_model_name(self.model_name))
+            self.processor.tokenizer.set_prefix_tokens(language=self.language, task=self.task, predict_timestamps=False)
+        wanted: dict[str, list[Stage]] = {
+            "fit": ["train", "val"],
+            "validate": ["val"],
+            "test": ["test"],
+            "predict": ["test"],
+        }
+        for name in wanted.get(stage or "fit", ["train", "val", "test"]):
+            if name not in self.prepared and self.split_names[name]:
+                self.prepared[name] = self.prepare_split(name)
+                rank_zero_info(self.prepared[name].summary(f"{name} ({self.split_names[name]})"))
+
+    def prepare_split(self, stage: Stage) -> PreparedSplit:
+        """Read, cut to ``max_*_samples``, filter and tokenize one split; every skip is counted by reason."""
+        examples = self.source.examples(self.split_names[stage])
+        limit = self.max_samples[stage]
+        examples = examples[:limit] if limit is not None else examples
+        max_label_length = WhisperConfig.from_pretrained(resolve_model_name(self.model_name)).max_target_positions
+        tokenizer = self.processor.tokenizer
+        skipped: Counter = Counter()
+
+        texts = [example.sentence.strip() for example in examples]
+        token_ids = tokenizer(texts).input_ids if texts else []
+        durations = self._probe_durations(examples, stage)
+
+        kept, labels = [], []
+        for example, text, ids, duration in zip(examples, texts, token_ids, durations, strict=True):
+            reason = None
+            if not text:
+                reason = "empty text"
+            elif len(ids) > max_label_length:
+                reason = f"labels over {max_label_length} tokens"
+            elif duration is None:
+                reason = "unreadable audio"
+            elif duration > self.max_duration:
+                reason = f"audio over {self.max_duration:g} s"
+            if reason:
+                skipped[reason] += 1
+                continue
+            kept.append(example)
+            labels.append(ids)
+        if not kept and examples:
+            raise ValueError(f"every clip of split {self.split_names[stage]!r} was skipped: {dict(skipped)}")
+        if stage != "train":  # similar lengths in one batch: generation stops together, no wasted decoding
+            order = sorted(range(len(kept)), key=lambda i: -len(labels[i]))
+            kept, labels = [kept[i] for i in order], [labels[i] for i in order]
+        return PreparedSplit(kept, labels, skipped)
+
+    def _probe_durations(self, examples: list[Example], stage: Stage) -> list[float | None]:
+        def probe(example: Example) -> float | None:
+            try:
+                return audio_duration(example.audio)
+            except AudioError as err:
+                log.warning("skipping clip %s: %s", example.id, err)
+                return None
+
+        with ThreadPoolExecutor(self.probe_threads) as pool:
+            results = pool.map(probe, examples)
+            bar = tqdm(results, total=len(examples), desc=f"checking {stage} audio", disable=len(examples) < 500)
+            return list(bar)
+
+    def dataset(self, stage: Stage) -> SpeechDataset:
+        if stage not in self.prepared:
+            raise RuntimeError(f"no {stage} split: set data.{stage}_split in the config")
+        return SpeechDataset(self.prepared[stage], self.processor)
+
+    def _loader(self, stage: Stage, batch_size: int, shuffle: bool) -> DataLoader:
+        dataset = self.dataset(stage)
+        sampler = None
+        trainer = self.trainer
+        if stage != "train" and trainer is not None and trainer.world_size > 1:
+            sampler = UnrepeatedDistributedSampler(dataset, trainer.world_size, trainer.global_rank)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=SpeechCollator(self.processor.tokenizer.convert_tokens_to_ids("<|startoftranscript|>")),
+            pin_memory=trainer is not None and trainer.strategy.root_device.type == "cuda",
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.eval_batch_size, shuffle=False)

@@ -1,0 +1,95 @@
+"""Build the quantized Whisper base with LoRA adapters: a plain function, testable without a Trainer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from transformers import BitsAndBytesConfig, WhisperForConditionalGeneration
+
+from whisper_lora_pl.convert import resolve_model_name
+
+Quantization = Literal["int8", "nf4", "none"]
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """LoRA hyperparameters (the tutorial's: r=8, alpha=64, dropout 0.05 on q_proj and v_proj).
+
+    Args:
+        r: rank of the update matrices.
+        alpha: scaling numerator (the update is scaled by alpha / r).
+        dropout: dropout on the LoRA input.
+        target_modules: names of the linear layers that get adapters.
+        bias: which biases train: ``none``, ``all`` or ``lora_only``.
+    """
+
+    r: int = 8
+    alpha: int = 64
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    bias: Literal["none", "all", "lora_only"] = "none"
+
+    def peft_config(self) -> LoraConfig:
+        return LoraConfig(
+            r=self.r,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=list(self.target_modules),
+            bias=self.bias,
+        )
+
+
+def quantization_config(quantization: Quantization) -> BitsAndBytesConfig | None:
+    """``BitsAndBytesConfig`` for the choice (transformers 5 removed ``load_in_8bit=`` on ``from_pretrained``)."""
+    if quantization == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    if quantization == "nf4":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32,
+        )
+    return None
+
+
+def load_base(
+    model_name: str, quantization: Quantization = "int8", device: torch.device | str = "cpu"
+) -> WhisperForConditionalGeneration:
+    """The base model, quantized on ``device`` (explicit ``device_map``: ``"auto"`` would spread it and break DDP)."""
+    return WhisperForConditionalGeneration.from_pretrained(
+        resolve_model_name(model_name),
+        quantization_config=quantization_config(quantization),
+        device_map={"": torch.device(device)},
+        dtype=torch.float32,
+    )
+
+
+def build_whisper_lora(
+    model_name: str,
+    quantization: Quantization = "int8",
+    lora: LoraSettings = LoraSettings(),
+    device: torch.device | str = "cpu",
+    gradient_checkpointing: bool = True,
+) -> PeftModel:
+    """Quantized base, frozen and prepared for k-bit training, with trainable fp32 LoRA adapters.
+
+    Gradient checkpointing is non-reentrant: peft's default ``{}`` selects reentrant checkpointing, under which
+    the encoder's LoRA weights silently get no gradient (their checkpointed inputs do not require grad).
+    """
+    model = load_base(model_name, quantization, device)
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)  # freeze, norms in fp32
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    return get_peft_model(model, lora.peft_config())
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; 4-bit weights count as packed bytes, like peft's own report."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total

@@ -1,0 +1,164 @@
+"""WhisperLoRA: the LightningModule. It holds the steps, the metrics and the optimizer; model.py builds the net."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
+from torch.optim.lr_scheduler import LambdaLR
+from transformers import WhisperProcessor
+
+from whisper_lora_pl.collate import IGNORE_INDEX
+from whisper_lora_pl.convert import resolve_model_name
+from whisper_lora_pl.model import LoraSettings, Quantization, build_whisper_lora, count_parameters
+from whisper_lora_pl.text import ErrorRates
+
+Schedule = Literal["linear", "cosine", "constant"]
+
+
+def warmup_then(schedule: Schedule, warmup_steps: int, total_steps: int):
+    """Multiplier for ``LambdaLR``: linear warmup, then linear or cosine decay to zero (HF Trainer's shapes)."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return 1.0 - progress if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+class WhisperLoRA(L.LightningModule):
+    """LoRA fine-tuning of a quantized Whisper with generate-based WER/CER in validation and test.
+
+    Args:
+        model_name: hub name or local folder of a Whisper checkpoint.
+        language: language of the transcripts (``zh``), or None for English-only models.
+        task: ``transcribe`` or ``translate``, or None for English-only models.
+        quantization: how the frozen base is stored: ``int8`` (LLM.int8), ``nf4`` (4-bit) or ``none`` (fp32).
+        lora: LoRA rank, alpha, dropout, target modules and bias (a frozen dataclass: safe as a default).
+        gradient_checkpointing: recompute activations in backward (non-reentrant) to save memory.
+        optimizer: optimizer over the trainable parameters only, e.g. AdamW with its learning rate.
+        lr_schedule: shape after warmup: ``linear`` or ``cosine`` decay to zero over the run, or ``constant``.
+        warmup_steps: optimizer steps of linear warmup.
+        max_new_tokens: most tokens ``generate`` writes per clip during validation and test.
+        num_beams: beam width for evaluation (1 = greedy).
+        log_examples: how many (reference, hypothesis) pairs to print after each evaluation.
+    """
+
+    def __init__(
+        self,
+        model_name: str = "openai/whisper-large-v2",
+        language: str | None = "zh",
+        task: Literal["transcribe", "translate"] | None = "transcribe",
+        quantization: Quantization = "int8",
+        lora: LoraSettings = LoraSettings(),
+        gradient_checkpointing: bool = True,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_schedule: Schedule = "linear",
+        warmup_steps: int = 50,
+        max_new_tokens: int = 128,
+        num_beams: int = 1,
+        log_examples: int = 3,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer"])
+        self.optimizer_factory = optimizer
+        self.model = None
+        self.processor: WhisperProcessor | None = None
+        self.strict_loading = False  # checkpoints hold the adapters only; on_load_checkpoint checks them
+        self.val_rates = ErrorRates(language, prefix="val/")
+        self.test_rates = ErrorRates(language, prefix="test/")
+        self._examples: list[tuple[str, str]] = []
+
+    def configure_model(self) -> None:
+        """Load the quantized base on this process's device; runs before the optimizer and checkpoint restore."""
+        if self.model is not None:
+            return
+        hp = self.hparams
+        self.model = build_whisper_lora(
+            hp.model_name, hp.quantization, hp.lora, self._target_device(), hp.gradient_checkpointing
+        )
+        self.processor = WhisperProcessor.from_pretrained(resolve_model_name(hp.model_name))
+        trainable, total = count_parameters(self.model)
+        rank_zero_info(f"trainable params: {trainable:,} || all params: {total:,} || {100 * trainable / total:.4f}%")
+
+    def _target_device(self) -> torch.device:
+        return self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
+
+    def forward(self, input_features: torch.Tensor, labels: torch.Tensor | None = None):
+        return self.model(input_features=input_features, labels=labels)
+
+    def training_step(self, batch: dict[str, torch.Tensor] | None, batch_idx: int) -> torch.Tensor | None:
+        if batch is None:  # every clip of the batch failed to decode (each was warned about)
+            return None
+        loss = self(batch["input_features"], batch["labels"]).loss
+        size = len(batch["labels"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], prog_bar=False, batch_size=size)
+        return loss
+
+    @torch.no_grad()
+    def transcribe(self, input_features: torch.Tensor) -> list[str]:
+        """Batched greedy (or beam) decoding with the language/task prompt used in training."""
+        hp = self.hparams
+        kwargs = {"language": hp.language, "task": hp.task} if hp.language or hp.task else {}
+        tokens = self.model.generate(
+            input_features=input_features, max_new_tokens=hp.max_new_tokens, num_beams=hp.num_beams, **kwargs
+        )
+        return self.processor.batch_decode(tokens, skip_special_tokens=True)
+
+    def _evaluate(self, batch: dict[str, torch.Tensor] | None, rates: ErrorRates, batch_idx: int) -> None:
+        if batch is None:
+            return
+        hypotheses = self.transcribe(batch["input_features"])
+        labels = batch["labels"].masked_fill(batch["labels"] == IGNORE_INDEX, self.processor.tokenizer.pad_token_id)
+        references = self.processor.batch_decode(labels, skip_special_tokens=True)
+        rates.update(hypotheses, references)
+        if batch_idx == 0:
+            self._examples = list(zip(references, hypotheses, strict=True))[: self.hparams.log_examples]
+        self.log_dict(rates.metrics, prog_bar=True, batch_size=len(hypotheses))
+
+    def _report_examples(self, stage: str) -> None:
+        for reference, hypothesis in self._examples:
+            rank_zero_info(f"[{stage}] ref: {reference}\n[{stage}] hyp: {hypothesis}")
+        self._examples = []
+
+    def validation_step(self, batch: dict[str, torch.Tensor] | None, batch_idx: int) -> None:
+        self._evaluate(batch, self.val_rates, batch_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        self._report_examples("val")
+
+    def test_step(self, batch: dict[str, torch.Tensor] | None, batch_idx: int) -> None:
+        self._evaluate(batch, self.test_rates, batch_idx)
+
+    def on_test_epoch_end(self) -> None:
+        self._report_examples("test")
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params)
+        total = int(self.trainer.estimated_stepping_batches)
+        schedule = LambdaLR(optimizer, warmup_then(self.hparams.lr_schedule, self.hparams.warmup_steps, total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def trainable_keys(self) -> set[str]:
+        return {name for name, param in self.named_parameters() if param.requires_grad}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Keep the adapters only: the frozen base is rebuilt from ``model_name`` (megabytes, not gigabytes)."""
+        keys = self.trainable_keys()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keys}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Non-strict loading forgives a missing key silently: check every adapter weight is there."""
+        missing = self.trainable_keys() - set(checkpoint["state_dict"])
+        if missing:
+            raise KeyError(f"checkpoint lacks {len(missing)} adapter weights, e.g. {sorted(missing)[:3]}")
