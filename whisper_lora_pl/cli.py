@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from whisper_lora_pl.data import WhisperDataModule
@@ -18,6 +20,8 @@ class WhisperCLI(LightningCLI):
 
 def main(args: list[str] | None = None, run: bool = True) -> WhisperCLI:
     """Entry point of ``train.py``; ``args`` lets tests drive the real CLI in-process."""
+    # bitsandbytes warns on every int8 matmul that fp32 inputs are cast to fp16: expected, and it floods the log
+    warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
     return WhisperCLI(
         WhisperLoRA,
         WhisperDataModule,

@@ -83,8 +83,11 @@ def build_whisper_lora(
     model = load_base(model_name, quantization, device)
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)  # freeze, norms in fp32
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.20 renamed it
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return get_peft_model(model, lora.peft_config())
 
 

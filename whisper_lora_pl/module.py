@@ -70,6 +70,7 @@ class WhisperLoRA(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer"])
         self.optimizer_factory = optimizer
+        self.lora = lora  # hparams holds it as a plain dict when LightningCLI built the module
         self.model = None
         self.processor: WhisperProcessor | None = None
         self.strict_loading = False  # checkpoints hold the adapters only; on_load_checkpoint checks them
@@ -81,9 +82,12 @@ class WhisperLoRA(L.LightningModule):
         """Load the quantized base on this process's device; runs before the optimizer and checkpoint restore."""
         if self.model is not None:
             return
+        precision = str(self.trainer.precision) if self._trainer is not None else "32-true"
+        if precision in ("16-true", "bf16-true"):
+            raise ValueError(f"precision {precision} would downcast the fp32 LoRA weights: use 16-mixed or bf16-mixed")
         hp = self.hparams
         self.model = build_whisper_lora(
-            hp.model_name, hp.quantization, hp.lora, self._target_device(), hp.gradient_checkpointing
+            hp.model_name, hp.quantization, self.lora, self._target_device(), hp.gradient_checkpointing
         )
         self.processor = WhisperProcessor.from_pretrained(resolve_model_name(hp.model_name))
         trainable, total = count_parameters(self.model)

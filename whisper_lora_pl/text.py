@@ -42,7 +42,7 @@ class TextNormalizer:
     def __call__(self, text: str) -> str:
         if self.language in CHINESE:
             return normalize_chinese(self._t2s.convert(text))
-        return self._whisper(text)
+        return " ".join(self._whisper(text).split())
 
 
 def normalize_chinese(text: str) -> str:

@@ -1,0 +1,100 @@
+import bitsandbytes as bnb
+import pytest
+import torch
+
+from whisper_lora_pl.model import LoraSettings, build_whisper_lora, count_parameters
+from whisper_lora_pl.module import WhisperLoRA, warmup_then
+
+# tiny model: d_model 64, 2 encoder + 2 decoder layers. LoRA r=8 on q_proj and v_proj adds r * (64 + 64) = 1024
+# weights per projection; encoder layers have 2 (self-attention), decoder layers 4 (self- and cross-attention).
+TINY_LORA_PARAMS = (2 * 2 + 2 * 4) * 8 * (64 + 64)
+
+
+def batch(seed: int = 0) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        "input_features": torch.randn(2, 80, 3000, generator=generator),
+        "labels": torch.tensor([[50260, 50359, 50363, 400, 500, 50257], [50260, 50359, 50363, 600, 50257, -100]]),
+    }
+
+
+@pytest.mark.parametrize(
+    ("quantization", "layer_type"),
+    [("int8", bnb.nn.Linear8bitLt), ("nf4", bnb.nn.Linear4bit), ("none", torch.nn.Linear)],
+)
+def test_builder_quantizes_the_base_and_trains_only_lora(tiny_model, quantization, layer_type):
+    model = build_whisper_lora(tiny_model, quantization, LoraSettings())
+    trainable, _ = count_parameters(model)
+    assert trainable == TINY_LORA_PARAMS == 12_288
+    q_proj = model.base_model.model.model.encoder.layers[0].self_attn.q_proj
+    assert isinstance(q_proj.base_layer, layer_type)
+    assert all("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
+    assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+
+
+def test_lora_settings_change_the_count(tiny_model):
+    settings = LoraSettings(r=4, target_modules=("q_proj", "k_proj", "v_proj", "out_proj"))
+    trainable, _ = count_parameters(build_whisper_lora(tiny_model, "int8", settings))
+    assert trainable == (2 * 4 + 2 * 8) * 4 * (64 + 64)
+
+
+def lora_grads_after_one_step(model) -> dict[str, float]:
+    """LoRA B starts at zero, so A gets no gradient on step 0: take one step, then look at the gradients."""
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for step in range(2):
+        optimizer.zero_grad()
+        model(**batch(step)).loss.backward()
+        if step == 0:
+            optimizer.step()
+    return {
+        n: p.grad.abs().sum().item() if p.grad is not None else 0.0 for n, p in model.named_parameters() if "lora_" in n
+    }
+
+
+def test_every_lora_matrix_gets_a_gradient_with_non_reentrant_checkpointing(tiny_model):
+    grads = lora_grads_after_one_step(build_whisper_lora(tiny_model, "int8", gradient_checkpointing=True))
+    assert len(grads) == 24 and any(".encoder." in n for n in grads)
+    assert [n for n, g in grads.items() if g == 0.0] == []
+
+
+def test_checkpointing_is_non_reentrant_in_encoder_and_decoder(tiny_model):
+    """peft passes {} as checkpointing kwargs, which torch before 2.9 read as reentrant: with reentrant
+    checkpointing and no input hook the encoder's adapters get no gradient. We ask for non-reentrant explicitly."""
+    model = build_whisper_lora(tiny_model, "int8", gradient_checkpointing=True)
+    whisper = model.base_model.model.model
+    layers = [*whisper.encoder.layers, *whisper.decoder.layers]
+    assert all(layer.gradient_checkpointing for layer in layers)
+    assert all(layer._gradient_checkpointing_func.keywords == {"use_reentrant": False} for layer in layers)
+    assert not any(
+        layer.gradient_checkpointing
+        for layer in build_whisper_lora(
+            tiny_model, "int8", gradient_checkpointing=False
+        ).base_model.model.model.encoder.layers
+    )
+
+
+def test_schedule_warms_up_then_decays_linearly():
+    factor = warmup_then("linear", warmup_steps=4, total_steps=14)
+    assert [round(factor(s), 3) for s in (0, 3, 4, 9, 14)] == [0.2, 0.8, 1.0, 0.5, 0.0]
+    assert warmup_then("constant", 0, 10)(7) == 1.0
+    assert warmup_then("cosine", 0, 10)(5) == pytest.approx(0.5)
+
+
+def test_module_refuses_true_half_precision(tiny_model):
+    import lightning as L
+
+    trainer = L.Trainer(accelerator="cpu", precision="bf16-true", logger=False)
+    module = WhisperLoRA(tiny_model)
+    module.trainer = trainer
+    with pytest.raises(ValueError, match="bf16-mixed"):
+        module.configure_model()
+
+
+def test_module_generates_and_scores(tiny_model):
+    module = WhisperLoRA(tiny_model, max_new_tokens=3)
+    module.configure_model()
+    module.configure_model()  # idempotent: the base is loaded once
+    module.eval()
+    texts = module.transcribe(batch()["input_features"])
+    assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
