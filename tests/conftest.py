@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import csv
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,21 +13,19 @@ import pytest
 import soundfile as sf
 
 from whisper_lora_pl.convert import tiny_whisper
+from whisper_lora_pl.sources import CV11_COLUMNS
 
 REPO = Path(__file__).resolve().parent.parent
-CV11_COLUMNS = [
-    "client_id",
-    "path",
-    "sentence",
-    "up_votes",
-    "down_votes",
-    "age",
-    "gender",
-    "accents",
-    "locale",
-    "segment",
-]
 SENTENCES = ["今天天气很好", "我们去公园散步", "这是一个测试", "请把门关上", "他喜欢喝茶", "明天见"]
+
+
+def train_py(*args: str, cwd: Path, wait: bool = True) -> subprocess.CompletedProcess | subprocess.Popen:
+    """``python train.py ...`` in a fresh process, as a user (or a launcher) runs it."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, str(REPO / "train.py"), *args]
+    if not wait:
+        return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
 def tone(seconds: float, rate: int, channels: int = 1, freq: float = 440.0) -> np.ndarray:

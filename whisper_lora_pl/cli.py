@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-import warnings
+import sys
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from whisper_lora_pl.checkpoints import AtomicCheckpointIO
 from whisper_lora_pl.data import WhisperDataModule
 from whisper_lora_pl.module import WhisperLoRA
+
+#: what a process stopped by SIGTERM conventionally exits with (128 + 15), so schedulers see a preemption
+SIGTERM_EXIT = 143
 
 
 class WhisperCLI(LightningCLI):
@@ -19,14 +25,21 @@ class WhisperCLI(LightningCLI):
 
 
 def main(args: list[str] | None = None, run: bool = True) -> WhisperCLI:
-    """Entry point of ``train.py``; ``args`` lets tests drive the real CLI in-process."""
-    # bitsandbytes warns on every int8 matmul that fp32 inputs are cast to fp16: expected, and it floods the log
-    warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
-    return WhisperCLI(
-        WhisperLoRA,
-        WhisperDataModule,
-        seed_everything_default=42,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-        run=run,
-    )
+    """Entry point of ``train.py``; ``args`` lets tests drive the real CLI in-process.
+
+    On SIGTERM (preemption) Lightning stops at the next step boundary and a ``ModelCheckpoint`` with
+    ``save_on_exception: true`` writes the checkpoint; here that ends as a clean exit, not a traceback.
+    """
+    try:
+        return WhisperCLI(
+            WhisperLoRA,
+            WhisperDataModule,
+            seed_everything_default=42,
+            trainer_defaults={"plugins": [AtomicCheckpointIO()]},
+            save_config_kwargs={"overwrite": True},
+            args=args,
+            run=run,
+        )
+    except SIGTERMException:
+        rank_zero_info("stopped by SIGTERM; the checkpoint is saved: resume with --ckpt_path last")
+        sys.exit(SIGTERM_EXIT)

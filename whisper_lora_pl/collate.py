@@ -18,7 +18,8 @@ class SpeechCollator:
 
     Same semantics as the tutorial's ``DataCollatorSpeechSeq2SeqWithPadding``: when every row starts with the
     decoder-start token it is cut, because the model prepends it again when it shifts the labels right.
-    Items that failed to load (``None``) are dropped; a batch with nothing left is ``None``.
+    Items that failed to load (``None``) are dropped; a batch with nothing left is ``None``. Items for
+    prediction carry no labels: the batch then has a (B, 0) label tensor.
     """
 
     decoder_start_token_id: int
@@ -32,12 +33,13 @@ class SpeechCollator:
         labels = torch.full((len(items), longest), IGNORE_INDEX, dtype=torch.long)
         for row, item in enumerate(items):
             labels[row, : len(item["labels"])] = torch.as_tensor(item["labels"], dtype=torch.long)
-        if bool((labels[:, 0] == self.decoder_start_token_id).all()):
+        if longest and bool((labels[:, 0] == self.decoder_start_token_id).all()):
             labels = labels[:, 1:]
         return {
             "input_features": features,
             "labels": labels,
             "index": torch.as_tensor([item["index"] for item in items], dtype=torch.long),
+            "id": [item["id"] for item in items],
         }
 
 

@@ -12,6 +12,7 @@ import lightning as L
 import numpy as np
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
+from torchdata.stateful_dataloader import StatefulDataLoader
 from tqdm.auto import tqdm
 from transformers import WhisperConfig, WhisperProcessor
 
@@ -22,7 +23,7 @@ from whisper_lora_pl.sources import Example, Source
 
 log = logging.getLogger(__name__)
 
-Stage = Literal["train", "val", "test"]
+Stage = Literal["train", "val", "test", "predict"]
 
 
 @dataclass
@@ -56,7 +57,12 @@ class SpeechDataset(Dataset):
             log.warning("skipping clip %s: %s", example.id, err)
             return None
         features = self.feature_extractor(wave, sampling_rate=SAMPLING_RATE, return_tensors="np").input_features[0]
-        return {"input_features": features.astype(np.float32), "labels": self.split.labels[index], "index": index}
+        return {
+            "input_features": features.astype(np.float32),
+            "labels": self.split.labels[index],
+            "index": index,
+            "id": example.id,
+        }
 
 
 class WhisperDataModule(L.LightningDataModule):
@@ -70,6 +76,7 @@ class WhisperDataModule(L.LightningDataModule):
         train_split: split expression for training, e.g. ``train+dev``.
         val_split: split expression for validation during ``fit`` and ``validate``.
         test_split: split expression for ``test``.
+        predict_split: split expression for ``predict`` (transcripts not needed), by default ``test_split``.
         batch_size: training batch size per device.
         eval_batch_size: evaluation batch size per device (defaults to ``batch_size``).
         num_workers: DataLoader workers that decode audio and compute log-mel features.
@@ -88,6 +95,7 @@ class WhisperDataModule(L.LightningDataModule):
         train_split: str = "train+dev",
         val_split: str | None = "test",
         test_split: str | None = "test",
+        predict_split: str | None = None,
         batch_size: int = 64,
         eval_batch_size: int | None = None,
         num_workers: int = 4,
@@ -99,7 +107,12 @@ class WhisperDataModule(L.LightningDataModule):
         super().__init__()
         self.source = source
         self.model_name, self.language, self.task = model_name, language, task
-        self.split_names: dict[Stage, str | None] = {"train": train_split, "val": val_split, "test": test_split}
+        self.split_names: dict[Stage, str | None] = {
+            "train": train_split,
+            "val": val_split,
+            "test": test_split,
+            "predict": predict_split or test_split,
+        }
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
@@ -107,6 +120,7 @@ class WhisperDataModule(L.LightningDataModule):
             "train": max_train_samples,
             "val": max_eval_samples,
             "test": max_eval_samples,
+            "predict": max_eval_samples,
         }
         self.max_duration = max_duration
         self.probe_threads = probe_threads
@@ -126,9 +140,9 @@ class WhisperDataModule(L.LightningDataModule):
             "fit": ["train", "val"],
             "validate": ["val"],
             "test": ["test"],
-            "predict": ["test"],
+            "predict": ["predict"],
         }
-        for name in wanted.get(stage or "fit", ["train", "val", "test"]):
+        for name in wanted.get(stage or "fit", ["train", "val", "test", "predict"]):
             if name not in self.prepared and self.split_names[name]:
                 self.prepared[name] = self.prepare_split(name)
                 rank_zero_info(self.prepared[name].summary(f"{name} ({self.split_names[name]})"))
@@ -149,7 +163,7 @@ class WhisperDataModule(L.LightningDataModule):
         kept, labels = [], []
         for example, text, ids, duration in zip(examples, texts, token_ids, durations, strict=True):
             reason = None
-            if not text:
+            if not text and stage != "predict":  # prediction needs audio only
                 reason = "empty text"
             elif len(ids) > max_label_length:
                 reason = f"labels over {max_label_length} tokens"
@@ -164,7 +178,7 @@ class WhisperDataModule(L.LightningDataModule):
             labels.append(ids)
         if not kept and examples:
             raise ValueError(f"every clip of split {self.split_names[stage]!r} was skipped: {dict(skipped)}")
-        if stage != "train":  # similar lengths in one batch: generation stops together, no wasted decoding
+        if stage in ("val", "test"):  # similar lengths in one batch: generation stops together, no wasted decoding
             order = sorted(range(len(kept)), key=lambda i: -len(labels[i]))
             kept, labels = [kept[i] for i in order], [labels[i] for i in order]
         return PreparedSplit(kept, labels, skipped)
@@ -188,12 +202,15 @@ class WhisperDataModule(L.LightningDataModule):
         return SpeechDataset(self.prepared[stage], self.processor)
 
     def _loader(self, stage: Stage, batch_size: int, shuffle: bool) -> DataLoader:
+        """Training uses a stateful loader, so a checkpoint taken mid-epoch resumes at the next batch, not at the
+        start of the epoch; evaluation shards with a sampler that repeats no clip under DDP."""
         dataset = self.dataset(stage)
         sampler = None
         trainer = self.trainer
         if stage != "train" and trainer is not None and trainer.world_size > 1:
             sampler = UnrepeatedDistributedSampler(dataset, trainer.world_size, trainer.global_rank)
-        return DataLoader(
+        loader_class = StatefulDataLoader if stage == "train" else DataLoader
+        return loader_class(
             dataset,
             batch_size=batch_size,
             shuffle=shuffle,
@@ -207,8 +224,13 @@ class WhisperDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.batch_size, shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | list:
+        if not self.split_names["val"]:
+            return []  # no validation split configured: Lightning skips validation
         return self._loader("val", self.eval_batch_size, shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", self.eval_batch_size, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict", self.eval_batch_size, shuffle=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Literal
 
@@ -12,6 +13,11 @@ from transformers import BitsAndBytesConfig, WhisperForConditionalGeneration
 from whisper_lora_pl.convert import resolve_model_name
 
 Quantization = Literal["int8", "nf4", "none"]
+
+
+def _not_the_int8_cast_notice(record: logging.LogRecord) -> bool:
+    """bitsandbytes logs on every int8 matmul that fp32 inputs are cast to fp16: expected, and it floods the log."""
+    return not record.getMessage().startswith("MatMul8bitLt: inputs will be cast")
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,10 @@ def load_base(
     model_name: str, quantization: Quantization = "int8", device: torch.device | str = "cpu"
 ) -> WhisperForConditionalGeneration:
     """The base model, quantized on ``device`` (explicit ``device_map``: ``"auto"`` would spread it and break DDP)."""
+    if quantization == "int8":
+        bnb_log = logging.getLogger("bitsandbytes.autograd._functions")
+        if _not_the_int8_cast_notice not in bnb_log.filters:
+            bnb_log.addFilter(_not_the_int8_cast_notice)
     return WhisperForConditionalGeneration.from_pretrained(
         resolve_model_name(model_name),
         quantization_config=quantization_config(quantization),

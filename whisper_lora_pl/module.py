@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from dataclasses import asdict
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -15,6 +16,7 @@ from transformers import WhisperProcessor
 from whisper_lora_pl.collate import IGNORE_INDEX
 from whisper_lora_pl.convert import resolve_model_name
 from whisper_lora_pl.model import LoraSettings, Quantization, build_whisper_lora, count_parameters
+from whisper_lora_pl.rng import gather_rng_states, set_rng_states
 from whisper_lora_pl.text import ErrorRates
 
 Schedule = Literal["linear", "cosine", "constant"]
@@ -50,6 +52,8 @@ class WhisperLoRA(L.LightningModule):
         max_new_tokens: most tokens ``generate`` writes per clip during validation and test.
         num_beams: beam width for evaluation (1 = greedy).
         log_examples: how many (reference, hypothesis) pairs to print after each evaluation.
+        on_nonfinite_loss: ``stop`` raises naming the step; ``skip`` drops that step's update (on every rank
+            together) and counts it in ``train/skipped_steps``.
     """
 
     def __init__(
@@ -66,9 +70,11 @@ class WhisperLoRA(L.LightningModule):
         max_new_tokens: int = 128,
         num_beams: int = 1,
         log_examples: int = 3,
+        on_nonfinite_loss: Literal["stop", "skip"] = "stop",
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["optimizer"])
+        self.save_hyperparameters(ignore=["optimizer", "lora"])
+        self.hparams["lora"] = asdict(lora)  # plain values: checkpoints load with weights_only=True
         self.optimizer_factory = optimizer
         self.lora = lora  # hparams holds it as a plain dict when LightningCLI built the module
         self.model = None
@@ -77,6 +83,10 @@ class WhisperLoRA(L.LightningModule):
         self.val_rates = ErrorRates(language, prefix="val/")
         self.test_rates = ErrorRates(language, prefix="test/")
         self._examples: list[tuple[str, str]] = []
+        self.skipped_steps = 0
+        self._rng_to_restore: dict | None = None
+        #: (when, {metric: value}) after each validation pass; the full sanity check counts as "before training"
+        self.eval_history: list[tuple[str, dict[str, float]]] = []
 
     def configure_model(self) -> None:
         """Load the quantized base on this process's device; runs before the optimizer and checkpoint restore."""
@@ -104,6 +114,16 @@ class WhisperLoRA(L.LightningModule):
             return None
         loss = self(batch["input_features"], batch["labels"]).loss
         size = len(batch["labels"])
+        # decided on every rank together: one rank skipping backward alone would hang DDP's gradient all-reduce
+        if self.trainer.strategy.reduce_boolean_decision(not torch.isfinite(loss).item(), all=False):
+            if self.hparams.on_nonfinite_loss == "stop":
+                raise FloatingPointError(
+                    f"non-finite loss ({loss.item()}) at step {self.global_step} (batch {batch_idx}); set "
+                    "model.on_nonfinite_loss: skip to drop such steps, or lower the learning rate"
+                )
+            self.skipped_steps += 1
+            self.log("train/skipped_steps", float(self.skipped_steps), batch_size=size)
+            return None
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], prog_bar=False, batch_size=size)
         return loss
@@ -139,6 +159,18 @@ class WhisperLoRA(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._report_examples("val")
+        if self.trainer.sanity_checking and self.trainer.num_sanity_val_steps != float("inf"):
+            return  # a partial sanity check says nothing about the split
+        when = "before training" if self.trainer.sanity_checking else f"step {self.global_step}"
+        values = {name: value.item() for name, value in self.val_rates.metrics.compute().items()}
+        self.eval_history.append((when, values))
+        rank_zero_info(f"{when}: " + "  ".join(f"{k} {v:.4f}" for k, v in values.items()))
+
+    def on_fit_end(self) -> None:
+        if len(self.eval_history) > 1 and self.eval_history[0][0] == "before training":
+            (_, before), (when, after) = self.eval_history[0], self.eval_history[-1]
+            lines = [f"{k}: {before[k]:.4f} before training -> {after[k]:.4f} at {when}" for k in before]
+            rank_zero_info("\n".join(lines))
 
     def test_step(self, batch: dict[str, torch.Tensor] | None, batch_idx: int) -> None:
         self._evaluate(batch, self.test_rates, batch_idx)
@@ -160,9 +192,21 @@ class WhisperLoRA(L.LightningModule):
         """Keep the adapters only: the frozen base is rebuilt from ``model_name`` (megabytes, not gigabytes)."""
         keys = self.trainable_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keys}
+        checkpoint["skipped_steps"] = self.skipped_steps
+        checkpoint["rng_states"] = gather_rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Non-strict loading forgives a missing key silently: check every adapter weight is there."""
         missing = self.trainable_keys() - set(checkpoint["state_dict"])
         if missing:
             raise KeyError(f"checkpoint lacks {len(missing)} adapter weights, e.g. {sorted(missing)[:3]}")
+        self.skipped_steps = checkpoint.get("skipped_steps", 0)
+        states = checkpoint.get("rng_states")
+        if states and self._trainer is not None and len(states) == self.trainer.world_size:
+            self._rng_to_restore = states[self.trainer.global_rank]
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Restore the RNG at the first resumed step, after loaders are rebuilt (which draws from it)."""
+        if self._rng_to_restore is not None:
+            set_rng_states(self._rng_to_restore)
+            self._rng_to_restore = None

@@ -15,6 +15,20 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+#: the columns of a Common Voice 11 TSV (later releases add ``variant``, ``sentence_id``, ``sentence_domain``)
+CV11_COLUMNS = [
+    "client_id",
+    "path",
+    "sentence",
+    "up_votes",
+    "down_votes",
+    "age",
+    "gender",
+    "accents",
+    "locale",
+    "segment",
+]
+
 #: Common Voice calls its validation split ``dev``; the tutorial (and the HF hub) say ``validation``.
 SPLIT_ALIASES = {"validation": "dev", "valid": "dev", "val": "dev"}
 
@@ -210,10 +224,10 @@ class Manifest(Source):
     Args:
         files: split name -> manifest path, e.g. ``{train: data/train.jsonl, test: data/test.jsonl}``.
         audio_column: column (or JSON key) with the audio path.
-        text_column: column (or JSON key) with the transcript.
+        text_column: column (or JSON key) with the transcript; None for audio-only lists (``predict``).
     """
 
-    def __init__(self, files: dict[str, str], audio_column: str = "audio", text_column: str = "text") -> None:
+    def __init__(self, files: dict[str, str], audio_column: str = "audio", text_column: str | None = "text") -> None:
         self.files = {split: Path(path).expanduser() for split, path in files.items()}
         self.audio_column, self.text_column = audio_column, text_column
 
@@ -225,12 +239,14 @@ class Manifest(Source):
         if not path.is_file():
             raise FileNotFoundError(f"manifest for split {split!r} not found: {path}")
         rows, columns = _read_rows(path)
-        _require_columns(str(path), columns, {"audio": self.audio_column, "text": self.text_column})
+        needed = {"audio": self.audio_column} | ({"text": self.text_column} if self.text_column else {})
+        _require_columns(str(path), columns, needed)
         out = []
         for row in rows:
             audio = Path(row[self.audio_column]).expanduser()
             audio = audio if audio.is_absolute() else path.parent / audio
-            out.append(Example(str(audio), row[self.text_column] or "", row[self.audio_column]))
+            text = row.get(self.text_column) if self.text_column else ""
+            out.append(Example(str(audio), text or "", row[self.audio_column]))
         return out
 
 

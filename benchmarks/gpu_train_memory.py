@@ -1,0 +1,134 @@
+"""Peak GPU memory and training throughput of the int8 + LoRA recipe on a whisper-large-v2-shaped model.
+
+    python benchmarks/gpu_train_memory.py --processor PROCESSOR_FOLDER [--batches 16 64] [--steps 6]
+
+Random weights (speed and memory do not depend on the values) in the shape of whisper-large-v2: 32+32 layers,
+d_model 1280, 20 heads, 51865 tokens. Runs the real path: WhisperLoRA.configure_model (BitsAndBytesConfig int8,
+device_map on this GPU), Lightning 16-mixed, AdamW over the adapters, with and without gradient checkpointing.
+Needs CUDA; prints one row per setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+from whisper_lora_pl.module import WhisperLoRA
+
+LARGE_V2 = dict(
+    vocab_size=51865,
+    d_model=1280,
+    encoder_layers=32,
+    decoder_layers=32,
+    encoder_attention_heads=20,
+    decoder_attention_heads=20,
+    encoder_ffn_dim=5120,
+    decoder_ffn_dim=5120,
+    num_mel_bins=80,
+    decoder_start_token_id=50258,
+    pad_token_id=50257,
+    bos_token_id=50257,
+    eos_token_id=50257,
+)
+
+
+class RandomBatches(Dataset):
+    """Log-mel-shaped noise and 32-token labels (a typical zh sentence with its 4-token prefix)."""
+
+    def __init__(self, count: int, label_length: int = 32) -> None:
+        self.count, self.label_length = count, label_length
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        generator = torch.Generator().manual_seed(i)
+        return {
+            "input_features": torch.randn(80, 3000, generator=generator),
+            "labels": torch.randint(0, 50000, (self.label_length,), generator=generator),
+        }
+
+
+class StepTimer(L.Callback):
+    """Wall time of each optimizer step, synchronised with the GPU."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        torch.cuda.synchronize()
+        self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        torch.cuda.synchronize()
+        self.times.append(time.perf_counter() - self.start)
+
+
+def make_model_folder(processor: Path) -> Path:
+    folder = Path(tempfile.mkdtemp(prefix="whisper-large-v2-random-"))
+    with torch.device("cuda"):
+        model = WhisperForConditionalGeneration(WhisperConfig(**LARGE_V2)).half()
+    model.save_pretrained(folder)
+    del model
+    torch.cuda.empty_cache()
+    for item in processor.iterdir():
+        shutil.copy(item, folder / item.name)
+    return folder
+
+
+def run(folder: Path, batch: int, checkpointing: bool, steps: int, warmup: int) -> dict:
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    module = WhisperLoRA(str(folder), quantization="int8", gradient_checkpointing=checkpointing, warmup_steps=0)
+    timer = StepTimer()
+    trainer = L.Trainer(
+        accelerator="gpu",
+        devices=1,
+        precision="16-mixed",
+        max_steps=warmup + steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[timer],
+    )
+    loader = DataLoader(RandomBatches(batch * (warmup + steps)), batch_size=batch, num_workers=4, pin_memory=True)
+    try:
+        trainer.fit(module, train_dataloaders=loader)
+    except torch.OutOfMemoryError:
+        return {"batch": batch, "checkpointing": checkpointing, "result": "out of memory"}
+    timed = timer.times[warmup:]
+    return {
+        "batch": batch,
+        "checkpointing": checkpointing,
+        "samples/s": round(batch * len(timed) / sum(timed), 2),
+        "s/step": round(sum(timed) / len(timed), 3),
+        "peak GiB": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--processor", type=Path, required=True, help="a saved WhisperProcessor folder")
+    parser.add_argument("--batches", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--warmup", type=int, default=2)
+    args = parser.parse_args()
+    print(torch.cuda.get_device_name(), "torch", torch.__version__)
+    folder = make_model_folder(args.processor)
+    for batch in args.batches:
+        for checkpointing in (True, False):
+            print(run(folder, batch, checkpointing, args.steps, args.warmup), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""Adapter-only checkpoints, exact resume (mid-epoch included), atomic writes, non-finite losses."""
+
+import csv
+import signal
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from tests.conftest import REPO, train_py
+from whisper_lora_pl.checkpoints import atomic_torch_save
+from whisper_lora_pl.cli import main
+from whisper_lora_pl.data import WhisperDataModule
+from whisper_lora_pl.module import WhisperLoRA
+from whisper_lora_pl.sources import CommonVoiceFolder
+
+TINY = str(REPO / "configs" / "tiny-cpu.yaml")
+
+
+def checkpointing(folder: Path) -> Path:
+    """A second --config: last.ckpt in a fixed folder, written on exceptions too, as the shipped configs do."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "checkpointing.yaml"
+    path.write_text(
+        f"""trainer:
+  callbacks:
+    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
+      init_args: {{dirpath: {folder / "checkpoints"}, save_last: true, save_on_exception: true}}
+"""
+    )
+    return path
+
+
+def fit(tiny_model, cv_release, folder: Path, *extra: str):
+    """Training on 8 clips in batches of 2: an epoch is 4 steps."""
+    return main(
+        [
+            "fit",
+            "--config",
+            TINY,
+            "--config",
+            str(checkpointing(folder.parent)),
+            f"--model.model_name={tiny_model}",
+            f"--data.source.init_args.root={cv_release}",
+            "--data.train_split=train+dev+test",
+            "--trainer.limit_val_batches=0",
+            f"--trainer.default_root_dir={folder}",
+            "--trainer.logger=CSVLogger",
+            f"--trainer.logger.save_dir={folder}",
+            *extra,
+        ]
+    )
+
+
+def losses(folder: Path) -> dict[int, float]:
+    (path,) = folder.glob("**/metrics.csv")
+    with path.open() as handle:
+        return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(handle) if r.get("train/loss")}
+
+
+def adapters(module: WhisperLoRA) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items() if "lora_" in k}
+
+
+def test_resume_mid_epoch_continues_exactly(tiny_model, cv_release, tmp_path):
+    straight = fit(tiny_model, cv_release, tmp_path / "straight" / "run", "--trainer.max_steps=6")
+    fit(tiny_model, cv_release, tmp_path / "split" / "first", "--trainer.max_steps=3")  # stops inside epoch 0
+    resumed = fit(tiny_model, cv_release, tmp_path / "split" / "second", "--trainer.max_steps=6", "--ckpt_path=last")
+    assert resumed.trainer.global_step == 6
+    whole, first, second = (
+        losses(tmp_path / "straight" / "run"),
+        losses(tmp_path / "split" / "first"),
+        losses(tmp_path / "split" / "second"),
+    )
+    assert sorted(whole) == [0, 1, 2, 3, 4, 5] and sorted(first) == [0, 1, 2] and sorted(second) == [3, 4, 5]
+    assert {**first, **second} == pytest.approx(whole, abs=1e-6)
+    theirs, ours = adapters(straight.model), adapters(resumed.model)
+    assert theirs.keys() == ours.keys()
+    assert all(torch.allclose(theirs[k], ours[k], atol=1e-7) for k in theirs)
+
+
+def test_checkpoint_holds_adapters_and_state_not_the_base(tiny_model, cv_release, tmp_path):
+    cli = fit(tiny_model, cv_release, tmp_path / "run", "--trainer.max_steps=2")
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(path, weights_only=False)
+    assert sorted(checkpoint["state_dict"]) == sorted(cli.model.trainable_keys())
+    assert len(checkpoint["state_dict"]) == 24
+    assert {"optimizer_states", "lr_schedulers", "loops", "rng_states"} <= set(checkpoint)
+    # 12,288 fp32 adapter weights plus AdamW's two moments: about 150 kB; the tiny base alone is 14.6 MB in fp32
+    assert path.stat().st_size < 400_000
+    base_bytes = sum(p.numel() * 4 for p in cli.model.model.parameters())
+    assert base_bytes > 30 * path.stat().st_size
+
+    fresh = WhisperLoRA(tiny_model, max_new_tokens=cli.model.hparams.max_new_tokens)
+    fresh.configure_model()
+    fresh.on_load_checkpoint(checkpoint)
+    fresh.load_state_dict(checkpoint["state_dict"], strict=False)
+    trained = adapters(cli.model)
+    assert all(torch.equal(trained[k], v) for k, v in adapters(fresh).items())
+    features = torch.randn(2, 80, 3000, generator=torch.Generator().manual_seed(0))
+    cli.model.eval(), fresh.eval()
+    assert cli.model.transcribe(features) == fresh.transcribe(features)
+
+
+def test_loading_a_checkpoint_without_adapters_fails_loudly(tiny_model):
+    module = WhisperLoRA(tiny_model)
+    module.configure_model()
+    with pytest.raises(KeyError, match="lacks 24 adapter weights"):
+        module.on_load_checkpoint({"state_dict": {}})
+
+
+def test_atomic_save_never_leaves_a_half_written_file(tmp_path, monkeypatch):
+    target = tmp_path / "last.ckpt"
+    atomic_torch_save({"step": 1}, target)
+
+    def killed_mid_write(obj, file):
+        file.write(b"half a checkpoint")
+        raise KeyboardInterrupt  # what a kill during the write looks like from inside
+
+    monkeypatch.setattr(torch, "save", killed_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_torch_save({"step": 2}, target)
+    monkeypatch.undo()
+    assert torch.load(target) == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+class PoisonBatch(L.Callback):
+    """Turns the inputs of one batch into NaN, as an overflow or a corrupt feature would."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if batch_idx == self.at:
+            batch["input_features"].fill_(float("nan"))
+
+
+def nan_run(tiny_model, cv_release, policy: str) -> WhisperLoRA:
+    module = WhisperLoRA(tiny_model, on_nonfinite_loss=policy, warmup_steps=0)
+    data = WhisperDataModule(
+        CommonVoiceFolder(str(cv_release)), tiny_model, train_split="train", val_split=None, batch_size=2, num_workers=0
+    )
+    trainer = L.Trainer(
+        accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False, callbacks=[PoisonBatch(at=1)]
+    )
+    trainer.fit(module, datamodule=data)
+    return module
+
+
+def test_non_finite_loss_stops_naming_the_step(tiny_model, cv_release):
+    with pytest.raises(FloatingPointError, match=r"non-finite loss .* at step 1"):
+        nan_run(tiny_model, cv_release, "stop")
+
+
+def test_non_finite_loss_can_be_skipped_and_counted(tiny_model, cv_release):
+    module = nan_run(tiny_model, cv_release, "skip")
+    assert module.skipped_steps == 1
+    assert all(torch.isfinite(v).all() for v in adapters(module).values())
+
+
+@pytest.mark.parametrize(("signum", "exit_code"), [(signal.SIGTERM, 143), (signal.SIGINT, 1)])
+def test_a_signal_during_training_leaves_a_resumable_checkpoint(tiny_model, cv_release, tmp_path, signum, exit_code):
+    """Preemption: the run stops at a step boundary, writes last.ckpt and exits without a traceback."""
+    args = [
+        "--config",
+        TINY,
+        "--config",
+        str(checkpointing(tmp_path)),
+        f"--model.model_name={tiny_model}",
+        f"--data.source.init_args.root={cv_release}",
+        "--trainer.limit_val_batches=0",
+        f"--trainer.default_root_dir={tmp_path}",
+    ]
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    process = train_py("fit", *args, "--trainer.max_steps=100000", "--trainer.max_epochs=-1", cwd=tmp_path, wait=False)
+    try:
+        deadline = time.time() + 120
+        while not (tmp_path / "lightning_logs").exists() and time.time() < deadline:
+            time.sleep(0.2)
+        time.sleep(4)  # the model is loaded and steps are running
+        process.send_signal(signum)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == exit_code, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    step = torch.load(last, weights_only=False)["global_step"]
+    assert step > 0
+    resumed = train_py("fit", *args, f"--trainer.max_steps={step + 1}", "--ckpt_path=last", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert torch.load(last, weights_only=False)["global_step"] == step + 1
