@@ -22,8 +22,8 @@ def feature(value: float) -> np.ndarray:
 
 def test_collator_pads_with_minus_100_and_strips_start_token():
     items = [
-        {"input_features": feature(0.0), "labels": [SOT, 50260, 50359, 50363, 11, 12, 50257], "index": 0},
-        {"input_features": feature(1.0), "labels": [SOT, 50260, 50359, 50363, 13, 50257], "index": 1},
+        {"input_features": feature(0.0), "labels": [SOT, 50260, 50359, 50363, 11, 12, 50257], "index": 0, "id": "a"},
+        {"input_features": feature(1.0), "labels": [SOT, 50260, 50359, 50363, 13, 50257], "index": 1, "id": "b"},
     ]
     batch = SpeechCollator(SOT)(items)
     assert batch["input_features"].shape == (2, 80, 3000)
@@ -31,18 +31,20 @@ def test_collator_pads_with_minus_100_and_strips_start_token():
         [50260, 50359, 50363, 11, 12, 50257],
         [50260, 50359, 50363, 13, 50257, -100],
     ]
-    assert batch["index"].tolist() == [0, 1]
+    assert batch["index"].tolist() == [0, 1] and batch["id"] == ["a", "b"]
 
 
 def test_collator_keeps_start_token_unless_every_row_has_it_and_drops_failed_items():
     items = [
-        {"input_features": feature(0.0), "labels": [SOT, 5], "index": 0},
+        {"input_features": feature(0.0), "labels": [SOT, 5], "index": 0, "id": "a"},
         None,  # a clip that failed to decode
-        {"input_features": feature(1.0), "labels": [7, 8, 9], "index": 2},
+        {"input_features": feature(1.0), "labels": [7, 8, 9], "index": 2, "id": "c"},
     ]
     batch = SpeechCollator(SOT)(items)
     assert batch["labels"].tolist() == [[SOT, 5, -100], [7, 8, 9]]
     assert SpeechCollator(SOT)([None, None]) is None
+    unlabelled = SpeechCollator(SOT)([{"input_features": feature(0.0), "labels": [], "index": 0, "id": "x"}])
+    assert unlabelled["labels"].shape == (1, 0)
 
 
 def test_collator_matches_the_tutorial_collator(tiny_model):
@@ -50,7 +52,7 @@ def test_collator_matches_the_tutorial_collator(tiny_model):
     processor = WhisperProcessor.from_pretrained(tiny_model)
     processor.tokenizer.set_prefix_tokens(language="zh", task="transcribe")
     labels = [processor.tokenizer(s).input_ids for s in SENTENCES[:3]]
-    items = [{"input_features": feature(i), "labels": ids, "index": i} for i, ids in enumerate(labels)]
+    items = [{"input_features": feature(i), "labels": ids, "index": i, "id": str(i)} for i, ids in enumerate(labels)]
 
     batch = processor.feature_extractor.pad(
         [{"input_features": x["input_features"]} for x in items], return_tensors="pt"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
@@ -15,9 +17,10 @@ from transformers import WhisperProcessor
 
 from whisper_lora_pl.collate import IGNORE_INDEX
 from whisper_lora_pl.convert import resolve_model_name
+from whisper_lora_pl.dist import gather_objects
 from whisper_lora_pl.model import LoraSettings, Quantization, build_whisper_lora, count_parameters
 from whisper_lora_pl.rng import gather_rng_states, set_rng_states
-from whisper_lora_pl.text import ErrorRates
+from whisper_lora_pl.text import ErrorRates, utterance_rates
 
 Schedule = Literal["linear", "cosine", "constant"]
 
@@ -85,6 +88,8 @@ class WhisperLoRA(L.LightningModule):
         self._examples: list[tuple[str, str]] = []
         self.skipped_steps = 0
         self._rng_to_restore: dict | None = None
+        self._records: list[dict] = []  # per-utterance results of the evaluation pass under way
+        self._loaded_step = 0  # global step of the checkpoint loaded for validate/test/predict
         #: (when, {metric: value}) after each validation pass; the full sanity check counts as "before training"
         self.eval_history: list[tuple[str, dict[str, float]]] = []
 
@@ -144,7 +149,12 @@ class WhisperLoRA(L.LightningModule):
         hypotheses = self.transcribe(batch["input_features"])
         labels = batch["labels"].masked_fill(batch["labels"] == IGNORE_INDEX, self.processor.tokenizer.pad_token_id)
         references = self.processor.batch_decode(labels, skip_special_tokens=True)
-        rates.update(hypotheses, references)
+        normal_hyps, normal_refs = rates.update(hypotheses, references)
+        for clip, ref, hyp, n_ref, n_hyp in zip(
+            batch["id"], references, hypotheses, normal_refs, normal_hyps, strict=True
+        ):
+            record = {"id": clip, "reference": ref, "hypothesis": hyp, "normalized_reference": n_ref}
+            self._records.append(record | {"normalized_hypothesis": n_hyp} | utterance_rates(n_hyp, n_ref))
         if batch_idx == 0:
             self._examples = list(zip(references, hypotheses, strict=True))[: self.hparams.log_examples]
         self.log_dict(rates.metrics, prog_bar=True, batch_size=len(hypotheses))
@@ -160,11 +170,13 @@ class WhisperLoRA(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self._report_examples("val")
         if self.trainer.sanity_checking and self.trainer.num_sanity_val_steps != float("inf"):
+            self._records = []
             return  # a partial sanity check says nothing about the split
         when = "before training" if self.trainer.sanity_checking else f"step {self.global_step}"
         values = {name: value.item() for name, value in self.val_rates.metrics.compute().items()}
         self.eval_history.append((when, values))
         rank_zero_info(f"{when}: " + "  ".join(f"{k} {v:.4f}" for k, v in values.items()))
+        self._write_records("val-before-training" if self.trainer.sanity_checking else f"val-step{self.trained_steps}")
 
     def on_fit_end(self) -> None:
         if len(self.eval_history) > 1 and self.eval_history[0][0] == "before training":
@@ -177,6 +189,32 @@ class WhisperLoRA(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._report_examples("test")
+        self._write_records(f"test-step{self.trained_steps}")
+
+    def predict_step(self, batch: dict[str, torch.Tensor] | None, batch_idx: int) -> list[str]:
+        if batch is None:
+            return []
+        hypotheses = self.transcribe(batch["input_features"])
+        self._records.extend({"id": clip, "hypothesis": hyp} for clip, hyp in zip(batch["id"], hypotheses, strict=True))
+        return hypotheses
+
+    def on_predict_epoch_end(self) -> None:
+        self._write_records("predict")
+
+    @property
+    def trained_steps(self) -> int:
+        """Optimizer steps behind the current weights (``global_step`` is 0 in validate/test from a checkpoint)."""
+        return max(self.global_step, self._loaded_step)
+
+    def _write_records(self, name: str) -> None:
+        """Every rank's per-utterance records, gathered; rank 0 writes ``<log_dir>/predictions/<name>.jsonl``."""
+        records = [r for part in gather_objects(self._records) for r in part]
+        self._records = []
+        if self.trainer.is_global_zero and self.trainer.log_dir:
+            path = Path(self.trainer.log_dir) / "predictions" / f"{name}.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+            rank_zero_info(f"{len(records)} utterances written to {path}")
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
@@ -201,6 +239,7 @@ class WhisperLoRA(L.LightningModule):
         if missing:
             raise KeyError(f"checkpoint lacks {len(missing)} adapter weights, e.g. {sorted(missing)[:3]}")
         self.skipped_steps = checkpoint.get("skipped_steps", 0)
+        self._loaded_step = checkpoint.get("global_step", 0)
         states = checkpoint.get("rng_states")
         if states and self._trainer is not None and len(states) == self.trainer.world_size:
             self._rng_to_restore = states[self.trainer.global_rank]

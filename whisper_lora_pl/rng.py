@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
+
+from whisper_lora_pl.dist import gather_objects
 
 
 def collect_rng_states() -> dict[str, Any]:
@@ -37,9 +38,4 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 def gather_rng_states() -> list[dict[str, Any]]:
     """Every rank's states, in rank order (only rank 0 writes the checkpoint, so it must carry them all)."""
-    mine = collect_rng_states()
-    if not (dist.is_available() and dist.is_initialized()):
-        return [mine]
-    everyone: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(everyone, mine)
-    return everyone
+    return gather_objects(collect_rng_states())

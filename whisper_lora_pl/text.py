@@ -15,6 +15,7 @@ from __future__ import annotations
 import unicodedata
 from functools import cached_property
 
+import jiwer
 import torch
 from torchmetrics import MetricCollection
 from torchmetrics.text import CharErrorRate, WordErrorRate
@@ -65,3 +66,10 @@ class ErrorRates(torch.nn.Module):
         refs = [self.normalize(text) for text in references]
         self.metrics.update(hyps, refs)
         return hyps, refs
+
+
+def utterance_rates(hypothesis: str, reference: str) -> dict[str, float | None]:
+    """WER and CER of one normalised pair (None where the reference normalises to nothing)."""
+    if not reference:
+        return {"wer": None, "cer": None}
+    return {"wer": jiwer.wer(reference, hypothesis), "cer": jiwer.cer(reference, hypothesis)}
