@@ -1,6 +1,7 @@
 """DDP on CPU (gloo): two processes launched by the real command line, the int8 base on each rank."""
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,9 @@ def test_validation_over_two_ranks_equals_one_process(tiny_model, odd_corpus, tm
     )
     assert two.returncode == 0, two.stderr[-3000:]
     assert validation_metrics(tmp_path / "two") == pytest.approx(validation_metrics(tmp_path / "one"), abs=1e-6)
+    (records,) = (tmp_path / "two").glob("**/predictions/val-step0.jsonl")  # gathered from both ranks, written once
+    ids = [json.loads(line)["id"] for line in records.read_text(encoding="utf-8").splitlines()]
+    assert len(ids) == 7 and len(set(ids)) == 7
 
 
 def test_fit_with_ddp_on_two_processes(tiny_model, odd_corpus, tmp_path):

@@ -52,14 +52,16 @@ def lora_grads_after_one_step(model) -> dict[str, float]:
     }
 
 
-def test_every_lora_matrix_gets_a_gradient_with_non_reentrant_checkpointing(tiny_model):
-    grads = lora_grads_after_one_step(build_whisper_lora(tiny_model, "int8", gradient_checkpointing=True))
+@pytest.mark.parametrize("reentrant", [False, True], ids=["non-reentrant", "reentrant"])
+def test_every_lora_matrix_gets_a_gradient_with_checkpointing(tiny_model, reentrant):
+    model = build_whisper_lora(tiny_model, "int8", gradient_checkpointing=True, reentrant_checkpointing=reentrant)
+    grads = lora_grads_after_one_step(model)
     assert len(grads) == 24 and any(".encoder." in n for n in grads)
     assert [n for n, g in grads.items() if g == 0.0] == []
 
 
 def test_checkpointing_is_non_reentrant_in_encoder_and_decoder(tiny_model):
-    """peft passes {} as checkpointing kwargs, which torch before 2.9 read as reentrant: with reentrant
+    """peft passes {} as checkpointing kwargs, which torch (2.13 too) reads as reentrant: with reentrant
     checkpointing and no input hook the encoder's adapters get no gradient. We ask for non-reentrant explicitly."""
     model = build_whisper_lora(tiny_model, "int8", gradient_checkpointing=True)
     whisper = model.base_model.model.model
@@ -98,3 +100,43 @@ def test_module_generates_and_scores(tiny_model):
     module.eval()
     texts = module.transcribe(batch()["input_features"])
     assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+
+
+def test_large_v2_recipe_adapter_count():
+    """The README's checkpoint size: LoRA r=8 on q_proj/v_proj of whisper-large-v2 (built on the meta device)."""
+    from peft import get_peft_model
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    config = WhisperConfig(
+        d_model=1280,
+        encoder_layers=32,
+        decoder_layers=32,
+        encoder_attention_heads=20,
+        decoder_attention_heads=20,
+        encoder_ffn_dim=5120,
+        decoder_ffn_dim=5120,
+    )
+    with torch.device("meta"):
+        base = WhisperForConditionalGeneration(config)
+    assert sum(p.numel() for p in base.parameters()) == 1_543_304_960
+    trainable, _ = count_parameters(get_peft_model(base, LoraSettings().peft_config()))
+    assert trainable == (32 * 2 + 32 * 4) * 8 * (1280 + 1280) == 3_932_160  # x 12 bytes with AdamW: 47.2 MB
+
+
+def test_training_steps_run_in_train_mode(tiny_model):
+    """from_pretrained hands back eval mode and Lightning keeps submodule modes: checkpointing and LoRA dropout
+    only act in train mode, so every submodule must be training during training_step."""
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    seen = []
+
+    class Probe(L.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            seen.append(all(m.training for m in module.model.modules()))
+
+    items = [{"input_features": torch.randn(80, 3000), "labels": torch.tensor([50260, 50359, 50363, 400, 50257])}] * 2
+    loader = DataLoader(items, batch_size=2)
+    trainer = L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False, callbacks=[Probe()])
+    trainer.fit(WhisperLoRA(tiny_model, warmup_steps=0), train_dataloaders=loader)
+    assert seen == [True, True]

@@ -151,7 +151,7 @@ def nan_run(tiny_model, cv_release, policy: str) -> WhisperLoRA:
 
 
 def test_non_finite_loss_stops_naming_the_step(tiny_model, cv_release):
-    with pytest.raises(FloatingPointError, match=r"non-finite loss .* at step 1"):
+    with pytest.raises(FloatingPointError, match=r"non-finite loss at step 1"):
         nan_run(tiny_model, cv_release, "stop")
 
 

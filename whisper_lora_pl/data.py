@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import multiprocessing.forkserver
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -63,6 +65,18 @@ class SpeechDataset(Dataset):
             "index": index,
             "id": example.id,
         }
+
+
+def worker_context() -> multiprocessing.context.BaseContext:
+    """Workers started by a small fork server, not forked from the trainer: a fork after training has grown the
+    heap leaves each worker owning a copy of it as pages diverge (measured: 3.7 GiB PSS per evaluation worker
+    with whisper-base on CPU, against 0.3 GiB for one forked before training)."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["whisper_lora_pl.data"])  # workers start with the imports already done
+    multiprocessing.forkserver.ensure_running()  # the server imports while the trainer loads the model
+    return context
 
 
 class WhisperDataModule(L.LightningDataModule):
@@ -133,6 +147,8 @@ class WhisperDataModule(L.LightningDataModule):
         WhisperProcessor.from_pretrained(resolve_model_name(self.model_name))
 
     def setup(self, stage: str | None = None) -> None:
+        if self.num_workers > 0:
+            worker_context()  # start the worker server now, in parallel with everything else
         if self.processor is None:
             self.processor = WhisperProcessor.from_pretrained(resolve_model_name(self.model_name))
             self.processor.tokenizer.set_prefix_tokens(language=self.language, task=self.task, predict_timestamps=False)
@@ -219,6 +235,7 @@ class WhisperDataModule(L.LightningDataModule):
             collate_fn=SpeechCollator(self.processor.tokenizer.convert_tokens_to_ids("<|startoftranscript|>")),
             pin_memory=trainer is not None and trainer.strategy.root_device.type == "cuda",
             persistent_workers=self.num_workers > 0,
+            multiprocessing_context=worker_context() if self.num_workers > 0 else None,
         )
 
     def train_dataloader(self) -> DataLoader:

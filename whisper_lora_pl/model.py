@@ -84,20 +84,27 @@ def build_whisper_lora(
     lora: LoraSettings = LoraSettings(),
     device: torch.device | str = "cpu",
     gradient_checkpointing: bool = True,
+    reentrant_checkpointing: bool = False,
 ) -> PeftModel:
     """Quantized base, frozen and prepared for k-bit training, with trainable fp32 LoRA adapters.
 
-    Gradient checkpointing is non-reentrant: peft's default ``{}`` selects reentrant checkpointing, under which
-    the encoder's LoRA weights silently get no gradient (their checkpointed inputs do not require grad).
+    Checkpointing is non-reentrant by default: peft passes ``{}``, which torch reads as reentrant, and reentrant
+    checkpointing with no input hook leaves the encoder's LoRA weights without gradient, silently.
+    ``reentrant_checkpointing`` opts into reentrant checkpointing with hooks on the encoder's and decoder's inputs
+    (checked by a test): with bitsandbytes int8 it saves much more memory, because ``MatMul8bitLt`` keeps its
+    quantized activations on ``ctx``, out of reach of the saved-tensor hooks non-reentrant checkpointing relies on.
     """
     model = load_base(model_name, quantization, device)
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)  # freeze, norms in fp32
     if gradient_checkpointing:
         model.config.use_cache = False
+        kwargs = {"use_reentrant": reentrant_checkpointing}
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.20 renamed it
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
         else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        if reentrant_checkpointing:
+            model.enable_input_require_grads()  # every sub-model's input: the decoder's embeddings, the encoder's conv1
     return get_peft_model(model, lora.peft_config())
 
 

@@ -23,6 +23,7 @@ from whisper_lora_pl.rng import gather_rng_states, set_rng_states
 from whisper_lora_pl.text import ErrorRates, utterance_rates
 
 Schedule = Literal["linear", "cosine", "constant"]
+STEP_OK, STEP_EMPTY, STEP_NONFINITE = 0, 1, 2  # a training step's outcome, reduced with max over ranks
 
 
 def warmup_then(schedule: Schedule, warmup_steps: int, total_steps: int):
@@ -49,6 +50,8 @@ class WhisperLoRA(L.LightningModule):
         quantization: how the frozen base is stored: ``int8`` (LLM.int8), ``nf4`` (4-bit) or ``none`` (fp32).
         lora: LoRA rank, alpha, dropout, target modules and bias (a frozen dataclass: safe as a default).
         gradient_checkpointing: recompute activations in backward (non-reentrant) to save memory.
+        reentrant_checkpointing: checkpoint reentrantly instead, with input hooks that keep the encoder's adapters
+            trained; with an int8 base it saves far more memory (see ``build_whisper_lora``).
         optimizer: optimizer over the trainable parameters only, e.g. AdamW with its learning rate.
         lr_schedule: shape after warmup: ``linear`` or ``cosine`` decay to zero over the run, or ``constant``.
         warmup_steps: optimizer steps of linear warmup.
@@ -56,7 +59,7 @@ class WhisperLoRA(L.LightningModule):
         num_beams: beam width for evaluation (1 = greedy).
         log_examples: how many (reference, hypothesis) pairs to print after each evaluation.
         on_nonfinite_loss: ``stop`` raises naming the step; ``skip`` drops that step's update (on every rank
-            together) and counts it in ``train/skipped_steps``.
+            together) and counts it in ``train/skipped_steps`` (with steps whose clips all failed to decode).
     """
 
     def __init__(
@@ -67,6 +70,7 @@ class WhisperLoRA(L.LightningModule):
         quantization: Quantization = "int8",
         lora: LoraSettings = LoraSettings(),
         gradient_checkpointing: bool = True,
+        reentrant_checkpointing: bool = False,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_schedule: Schedule = "linear",
         warmup_steps: int = 50,
@@ -102,8 +106,16 @@ class WhisperLoRA(L.LightningModule):
             raise ValueError(f"precision {precision} would downcast the fp32 LoRA weights: use 16-mixed or bf16-mixed")
         hp = self.hparams
         self.model = build_whisper_lora(
-            hp.model_name, hp.quantization, self.lora, self._target_device(), hp.gradient_checkpointing
+            hp.model_name,
+            hp.quantization,
+            self.lora,
+            self._target_device(),
+            hp.gradient_checkpointing,
+            hp.reentrant_checkpointing,
         )
+        # from_pretrained returns eval mode and Lightning (>= 2.2) keeps each submodule's mode: without this,
+        # training would silently run with gradient checkpointing and LoRA dropout off
+        self.model.train()
         self.processor = WhisperProcessor.from_pretrained(resolve_model_name(hp.model_name))
         trainable, total = count_parameters(self.model)
         rank_zero_info(f"trainable params: {trainable:,} || all params: {total:,} || {100 * trainable / total:.4f}%")
@@ -115,20 +127,21 @@ class WhisperLoRA(L.LightningModule):
         return self.model(input_features=input_features, labels=labels)
 
     def training_step(self, batch: dict[str, torch.Tensor] | None, batch_idx: int) -> torch.Tensor | None:
-        if batch is None:  # every clip of the batch failed to decode (each was warned about)
-            return None
-        loss = self(batch["input_features"], batch["labels"]).loss
-        size = len(batch["labels"])
-        # decided on every rank together: one rank skipping backward alone would hang DDP's gradient all-reduce
-        if self.trainer.strategy.reduce_boolean_decision(not torch.isfinite(loss).item(), all=False):
-            if self.hparams.on_nonfinite_loss == "stop":
-                raise FloatingPointError(
-                    f"non-finite loss ({loss.item()}) at step {self.global_step} (batch {batch_idx}); set "
-                    "model.on_nonfinite_loss: skip to drop such steps, or lower the learning rate"
-                )
+        # a batch whose clips all failed to decode (each was warned about) arrives as None
+        loss = None if batch is None else self(batch["input_features"], batch["labels"]).loss
+        status = STEP_EMPTY if loss is None else (STEP_OK if torch.isfinite(loss) else STEP_NONFINITE)
+        # every rank takes the same decision: one rank skipping backward alone would hang DDP's all-reduce
+        status = int(self.trainer.strategy.reduce(torch.tensor(status, device=self.device), reduce_op="max"))
+        if status == STEP_NONFINITE and self.hparams.on_nonfinite_loss == "stop":
+            raise FloatingPointError(
+                f"non-finite loss at step {self.global_step} (batch {batch_idx}); set model.on_nonfinite_loss: skip "
+                "to drop such steps, or lower the learning rate"
+            )
+        if status != STEP_OK:
             self.skipped_steps += 1
-            self.log("train/skipped_steps", float(self.skipped_steps), batch_size=size)
+            self.log("train/skipped_steps", float(self.skipped_steps), batch_size=1)
             return None
+        size = len(batch["labels"])
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], prog_bar=False, batch_size=size)
         return loss
@@ -210,8 +223,9 @@ class WhisperLoRA(L.LightningModule):
         """Every rank's per-utterance records, gathered; rank 0 writes ``<log_dir>/predictions/<name>.jsonl``."""
         records = [r for part in gather_objects(self._records) for r in part]
         self._records = []
-        if self.trainer.is_global_zero and self.trainer.log_dir:
-            path = Path(self.trainer.log_dir) / "predictions" / f"{name}.jsonl"
+        log_dir = self.trainer.log_dir  # a collective (it broadcasts rank 0's folder): every rank must ask
+        if self.trainer.is_global_zero and log_dir:
+            path = Path(log_dir) / "predictions" / f"{name}.jsonl"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
             rank_zero_info(f"{len(records)} utterances written to {path}")
