@@ -139,6 +139,7 @@ class WhisperDataModule(L.LightningDataModule):
         self.max_duration = max_duration
         self.probe_threads = probe_threads
         self.processor: WhisperProcessor | None = None
+        self.max_label_length = 0  # the decoder's limit, read from the model's config in setup
         self.prepared: dict[Stage, PreparedSplit] = {}
 
     def prepare_data(self) -> None:
@@ -150,7 +151,9 @@ class WhisperDataModule(L.LightningDataModule):
         if self.num_workers > 0:
             worker_context()  # start the worker server now, in parallel with everything else
         if self.processor is None:
-            self.processor = WhisperProcessor.from_pretrained(resolve_model_name(self.model_name))
+            folder = resolve_model_name(self.model_name)
+            self.processor = WhisperProcessor.from_pretrained(folder)
+            self.max_label_length = WhisperConfig.from_pretrained(folder).max_target_positions
             self.processor.tokenizer.set_prefix_tokens(language=self.language, task=self.task, predict_timestamps=False)
         wanted: dict[str, list[Stage]] = {
             "fit": ["train", "val"],
@@ -168,7 +171,7 @@ class WhisperDataModule(L.LightningDataModule):
         examples = self.source.examples(self.split_names[stage])
         limit = self.max_samples[stage]
         examples = examples[:limit] if limit is not None else examples
-        max_label_length = WhisperConfig.from_pretrained(resolve_model_name(self.model_name)).max_target_positions
+        max_label_length = self.max_label_length
         tokenizer = self.processor.tokenizer
         skipped: Counter = Counter()
 
