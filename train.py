@@ -1,3 +1,9 @@
-from whisper_lora_pl.cli import main
+"""``python train.py fit|validate|test|predict --config configs/....yaml``: see README.md."""
 
-main()
+if __name__ == "__main__":  # DataLoader workers re-import this file: they must not run the CLI
+    from whisper_lora_pl.workers import start_worker_server
+
+    start_worker_server()  # before the heavy imports: the workers' server imports on another core meanwhile
+    from whisper_lora_pl.cli import main
+
+    main()

@@ -103,6 +103,10 @@ def run_ours(t0: float, a: argparse.Namespace, out: Path) -> dict:
 def child(a: argparse.Namespace) -> None:
     """One measured run, in this process; prints its result as the last line."""
     t0 = time.perf_counter() - (time.time() - a.started)  # count from the moment the parent launched us
+    if a.impl == "ours":  # what train.py does first thing
+        from whisper_lora_pl.workers import start_worker_server
+
+        start_worker_server()
     import torch
 
     torch.manual_seed(a.seed)

