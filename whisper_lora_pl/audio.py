@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import soundfile as sf
@@ -12,7 +13,18 @@ import soxr
 SAMPLING_RATE = 16_000
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".aiff", ".aif", ".au")
 
-AudioInput = str | Path | bytes
+
+
+@runtime_checkable
+class StoredAudio(Protocol):
+    """Audio kept where it lies (a row of a memory-mapped Arrow table) until a worker reads it."""
+
+    def read(self) -> str | bytes:
+        """The file path or the encoded bytes."""
+        ...
+
+
+AudioInput = str | Path | bytes | StoredAudio
 
 
 class AudioError(RuntimeError):
@@ -20,6 +32,8 @@ class AudioError(RuntimeError):
 
 
 def _open(source: AudioInput) -> str | io.BytesIO:
+    if isinstance(source, StoredAudio):
+        source = source.read()
     if isinstance(source, bytes):
         return io.BytesIO(source)
     path = Path(source)
@@ -63,4 +77,4 @@ def resample(wave: np.ndarray, rate: int, sampling_rate: int = SAMPLING_RATE) ->
 
 
 def _name(source: AudioInput) -> str:
-    return "<bytes>" if isinstance(source, bytes) else str(source)
+    return "<bytes>" if isinstance(source, bytes) else str(source)  # StoredAudio: its __str__

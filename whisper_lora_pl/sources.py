@@ -12,6 +12,10 @@ import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from whisper_lora_pl.audio import StoredAudio
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +39,10 @@ SPLIT_ALIASES = {"validation": "dev", "valid": "dev", "val": "dev"}
 
 @dataclass(frozen=True)
 class Example:
-    """One utterance: ``audio`` is a file path or encoded bytes, decoded later in a DataLoader worker."""
+    """One utterance: ``audio`` is a file path, encoded bytes or a reference to stored audio
+    (:class:`~whisper_lora_pl.audio.StoredAudio`), decoded later in a DataLoader worker."""
 
-    audio: str | bytes
+    audio: str | bytes | StoredAudio
     sentence: str
     id: str
 
@@ -206,16 +211,37 @@ class HubDataset(Source):
 
     def read_split(self, split: str) -> list[Example]:
         import datasets
+        import pyarrow.compute as pc
 
         ds = self._load(split)
         _require_columns(
             f"{self.name} [{split}]", ds.column_names, {"audio": self.audio_column, "text": self.text_column}
         )
         ds = ds.cast_column(self.audio_column, datasets.Audio(decode=False))
-        out = []
-        for i, (audio, text) in enumerate(zip(ds[self.audio_column], ds[self.text_column], strict=True)):
-            out.append(Example(audio.get("bytes") or audio["path"], text or "", audio.get("path") or f"{split}-{i}"))
-        return out
+        audio = ds.select_columns([self.audio_column])
+        paths = pc.struct_field(ds.data.column(self.audio_column), "path").to_pylist()  # no audio bytes read
+        return [
+            Example(HubAudio(audio, self.audio_column, i, path or f"{split}-{i}"), text or "", path or f"{split}-{i}")
+            for i, (path, text) in enumerate(zip(paths, ds[self.text_column], strict=True))
+        ]
+
+
+class HubAudio:
+    """One row's audio in a datasets table. The examples hold this, not the bytes: a table backed by the
+    datasets cache pickles as a reference to its memory-mapped files, so neither this process nor each DataLoader
+    worker keeps a copy of the corpus's audio."""
+
+    __slots__ = ("table", "column", "row", "name")
+
+    def __init__(self, table, column: str, row: int, name: str) -> None:
+        self.table, self.column, self.row, self.name = table, column, row, name
+
+    def read(self) -> str | bytes:
+        value = self.table[self.row][self.column]
+        return value.get("bytes") or value["path"]
+
+    def __str__(self) -> str:
+        return self.name
 
 
 class Manifest(Source):
