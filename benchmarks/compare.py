@@ -6,13 +6,17 @@ Both sides get the same model folder, corpus (the demo corpus, Common Voice layo
 rate, warmup, seed, CPU threads and generation length; both use int8 + LoRA r=8 alpha=64 on q_proj/v_proj with
 reentrant gradient checkpointing (the tutorial's peft defaults; ours opts in with reentrant_checkpointing).
 Each run is a fresh process (so peak memory and start-up are its own), alternating ours
-and theirs. Measured per run:
+and theirs; ours starts its DataLoader workers' server first thing, as ``train.py`` does. Measured per run:
+- time to first batch: process start to the start of the first training step (imports, data preparation, model
+  loading: everything but the step's own compute, which dominates with a real model on CPU);
 - time to first step: process start to the end of the first optimizer step (data preparation included);
 - training samples/s: steps after the first ``--warm`` ones;
 - peak memory of the process tree (workers included) as PSS, which splits pages shared by forked workers
   fairly (summing RSS would count them once per worker), sampled every 100 ms;
 - bytes written by preprocessing (theirs: the datasets cache; ours writes none);
-- evaluation clips/s of generate over the test split, and the test CER/WER after training;
+- evaluation clips/s of generate over the test split, and the test CER/WER after training (with
+  ``--fixed-length`` both generate exactly ``--max-new-tokens`` per clip: the speed of the pipelines, not of what
+  each trained model happens to say; the error rates are then meaningless);
 - the final training loss (mean of the last 5 steps).
 """
 
@@ -47,10 +51,19 @@ def run_ours(t0: float, a: argparse.Namespace, out: Path) -> dict:
         def __init__(self) -> None:
             self.step_ends: list[float] = []
             self.losses: list[float] = []
+            self.first_batch: float | None = None
+
+        def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+            if self.first_batch is None:
+                self.first_batch = time.perf_counter() - t0
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
             self.step_ends.append(time.perf_counter() - t0)
             self.losses.append(outputs["loss"].item())
+
+        def on_test_start(self, trainer, module) -> None:
+            if a.fixed_length:  # generate exactly max_new_tokens per clip, like theirs
+                module.model.generation_config.min_new_tokens = a.max_new_tokens
 
     optimizer = lambda params: torch.optim.AdamW(params, lr=a.lr)  # noqa: E731
     # reentrant checkpointing: what the tutorial's prepare_model_for_kbit_training defaults give (identical work)
@@ -92,6 +105,7 @@ def run_ours(t0: float, a: argparse.Namespace, out: Path) -> dict:
     start = time.perf_counter()
     (metrics,) = trainer.test(module, datamodule=data, verbose=False)
     return {
+        "first_batch": clock.first_batch,
         "step_ends": clock.step_ends,
         "losses": clock.losses,
         "eval_seconds": time.perf_counter() - start,
@@ -121,7 +135,18 @@ def child(a: argparse.Namespace) -> None:
         from tutorial_recipe import run
 
         result = run(
-            t0, a.model, a.corpus, work / "run", cache, a.steps, a.batch, a.lr, a.warmup, a.seed, a.max_new_tokens
+            t0,
+            a.model,
+            a.corpus,
+            work / "run",
+            cache,
+            a.steps,
+            a.batch,
+            a.lr,
+            a.warmup,
+            a.seed,
+            a.max_new_tokens,
+            min_new_tokens=a.max_new_tokens if a.fixed_length else None,
         )
     result["preprocessing_bytes"] = sum(p.stat().st_size for p in cache.rglob("*") if p.is_file())
     shutil.rmtree(work, ignore_errors=True)
@@ -181,6 +206,7 @@ def summarize(result: dict, warm: int, batch: int) -> dict:
     ends = result["step_ends"]
     steady = (len(ends) - 1 - warm) * batch / (ends[-1] - ends[warm])
     return {
+        "time to first batch (s)": result["first_batch"],
         "time to first step (s)": ends[0],
         "training samples/s": steady,
         "peak memory, PSS (GiB)": result["peak_pss"] / 2**30,
@@ -206,6 +232,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2, help="our DataLoader workers")
     parser.add_argument("--max-new-tokens", type=int, default=40)
+    parser.add_argument(
+        "--fixed-length",
+        action="store_true",
+        help="generate exactly --max-new-tokens per clip on both sides: evaluation speed that does not depend on "
+        "what each trained model says (the error rates are then meaningless)",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--replicate", type=int, default=1, help="repeat the training rows N times (corpus size)")
     parser.add_argument("--json", type=Path, help="also write every run's summary here")
@@ -222,9 +254,9 @@ def main() -> None:
     if a.replicate > 1:
         a.corpus = replicated(a.corpus, a.replicate)
     passthrough = [
-        f"--{k.replace('_', '-')}={v}"
+        f"--{k.replace('_', '-')}" + ("" if v is True else f"={v}")
         for k, v in vars(a).items()
-        if k not in ("child", "impl", "started", "repeats", "json", "replicate") and v is not None
+        if k not in ("child", "impl", "started", "repeats", "json", "replicate") and v not in (None, False)
     ]
     runs: dict[str, list[dict]] = {"ours": [], "theirs": []}
     for repeat in range(a.repeats):
@@ -243,6 +275,10 @@ def main() -> None:
         theirs = statistics.median(r[key] for r in runs["theirs"])
         ratio = f"{ours / theirs:.3f}" if theirs else ("0 (none written)" if not ours else "n/a")
         print(f"| {key} | {ours:.4g} | {theirs:.4g} | {ratio} |")
+    print("\nevery run:\n| run | " + " | ".join(runs["ours"][0]) + " |\n|---" * (len(runs["ours"][0]) + 1) + "|")
+    for impl, results in runs.items():
+        for number, summary in enumerate(results, 1):
+            print(f"| {impl} {number} | " + " | ".join(f"{v:.4g}" for v in summary.values()) + " |")
     if a.json:
         a.json.write_text(json.dumps(runs, indent=1))
 

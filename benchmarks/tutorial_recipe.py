@@ -67,7 +67,11 @@ def common_voice(folder: Path, cache_dir: Path) -> datasets.DatasetDict:
 
 class StepClock(TrainerCallback):
     def __init__(self, t0: float) -> None:
-        self.t0, self.step_ends, self.losses = t0, [], []
+        self.t0, self.step_ends, self.losses, self.first_begin = t0, [], [], None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.first_begin is None:
+            self.first_begin = time.perf_counter() - self.t0
 
     def on_step_end(self, args, state, control, **kwargs):
         self.step_ends.append(time.perf_counter() - self.t0)
@@ -91,6 +95,7 @@ def run(
     max_new_tokens: int,
     eval_batch_size: int = 8,
     language: str = "zh",
+    min_new_tokens: int | None = None,
 ) -> dict:
     processor = WhisperProcessor.from_pretrained(model_name, language=language, task="transcribe")
     feature_extractor, tokenizer = processor.feature_extractor, processor.tokenizer
@@ -152,6 +157,7 @@ def run(
                 input_features=batch["input_features"],
                 decoder_input_ids=torch.cat([start, batch["labels"][:, :3]], dim=1),
                 max_new_tokens=max_new_tokens,
+                **({"min_new_tokens": min_new_tokens} if min_new_tokens else {}),
             )
         labels = batch["labels"].masked_fill(batch["labels"] == -100, tokenizer.pad_token_id)
         rates.update(
@@ -160,6 +166,7 @@ def run(
         )
     eval_seconds = time.perf_counter() - began
     return {
+        "first_batch": clock.first_begin,
         "step_ends": clock.step_ends,
         "losses": clock.losses,
         "eval_seconds": eval_seconds,
