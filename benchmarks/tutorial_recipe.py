@@ -95,7 +95,7 @@ def run(
     max_new_tokens: int,
     eval_batch_size: int = 8,
     language: str = "zh",
-    min_new_tokens: int | None = None,
+    fixed_length: bool = False,
 ) -> dict:
     processor = WhisperProcessor.from_pretrained(model_name, language=language, task="transcribe")
     feature_extractor, tokenizer = processor.feature_extractor, processor.tokenizer
@@ -146,30 +146,37 @@ def run(
 
     from whisper_lora_pl.text import ErrorRates
 
-    rates = ErrorRates(language, prefix="test/")
     loader = torch.utils.data.DataLoader(tokenized["test"], batch_size=eval_batch_size, collate_fn=collator)
     model.eval()
-    began = time.perf_counter()
-    for batch in loader:
-        with torch.no_grad():
-            start = torch.full((len(batch["labels"]), 1), collator.decoder_start_token_id)
-            tokens = model.generate(
-                input_features=batch["input_features"],
-                decoder_input_ids=torch.cat([start, batch["labels"][:, :3]], dim=1),
-                max_new_tokens=max_new_tokens,
-                **({"min_new_tokens": min_new_tokens} if min_new_tokens else {}),
+
+    def evaluate(**generate_kwargs) -> tuple[dict, float]:
+        rates = ErrorRates(language, prefix="test/")
+        began = time.perf_counter()
+        for batch in loader:
+            with torch.no_grad():
+                start = torch.full((len(batch["labels"]), 1), collator.decoder_start_token_id)
+                tokens = model.generate(
+                    input_features=batch["input_features"],
+                    decoder_input_ids=torch.cat([start, batch["labels"][:, :3]], dim=1),
+                    max_new_tokens=max_new_tokens,
+                    **generate_kwargs,
+                )
+            labels = batch["labels"].masked_fill(batch["labels"] == -100, tokenizer.pad_token_id)
+            rates.update(
+                tokenizer.batch_decode(tokens, skip_special_tokens=True),
+                tokenizer.batch_decode(labels, skip_special_tokens=True),
             )
-        labels = batch["labels"].masked_fill(batch["labels"] == -100, tokenizer.pad_token_id)
-        rates.update(
-            tokenizer.batch_decode(tokens, skip_special_tokens=True),
-            tokenizer.batch_decode(labels, skip_special_tokens=True),
-        )
-    eval_seconds = time.perf_counter() - began
+        return {k: v.item() for k, v in rates.metrics.compute().items()}, time.perf_counter() - began
+
+    metrics, eval_seconds = evaluate()
+    # the second pass, generating exactly max_new_tokens per clip, times the pipeline alone
+    fixed_seconds = evaluate(min_new_tokens=max_new_tokens)[1] if fixed_length else None
     return {
         "first_batch": clock.first_begin,
         "step_ends": clock.step_ends,
         "losses": clock.losses,
         "eval_seconds": eval_seconds,
+        "fixed_eval_seconds": fixed_seconds,
         "eval_clips": len(tokenized["test"]),
-        **{k: v.item() for k, v in rates.metrics.compute().items()},
+        **metrics,
     }
