@@ -61,7 +61,8 @@ def run_ours(t0: float, a: argparse.Namespace, out: Path) -> dict:
             self.step_ends.append(time.perf_counter() - t0)
             self.losses.append(outputs["loss"].item())
 
-    optimizer = lambda params: torch.optim.AdamW(params, lr=a.lr)  # noqa: E731
+    # the Seq2SeqTrainer's defaults: no weight decay (torch's AdamW has 0.01), gradients clipped at norm 1
+    optimizer = lambda params: torch.optim.AdamW(params, lr=a.lr, weight_decay=0.0)  # noqa: E731
     # reentrant checkpointing: what the tutorial's prepare_model_for_kbit_training defaults give (identical work)
     module = WhisperLoRA(
         a.model,
@@ -89,6 +90,7 @@ def run_ours(t0: float, a: argparse.Namespace, out: Path) -> dict:
     clock = Clock()
     trainer = L.Trainer(
         accelerator="cpu",
+        gradient_clip_val=1.0,
         max_steps=a.steps,
         logger=False,
         enable_checkpointing=False,

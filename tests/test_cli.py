@@ -44,6 +44,8 @@ def test_the_recipe_is_the_tutorials():
     assert (model.lora.r, model.lora.alpha, model.lora.dropout) == (8, 64, 0.05)
     assert list(model.lora.target_modules) == ["q_proj", "v_proj"]
     assert model.optimizer.init_args.lr == 1e-3 and model.warmup_steps == 50 and model.max_new_tokens == 128
+    # the Seq2SeqTrainer's defaults the tutorial trained with: no weight decay, gradients clipped at norm 1
+    assert model.optimizer.init_args.weight_decay == 0.0 and config.trainer.gradient_clip_val == 1.0
     assert (data.train_split, data.val_split, data.batch_size) == ("train+dev", "test", 64)
     assert config.trainer.max_epochs == 1 and config.trainer.precision == "16-mixed"
 

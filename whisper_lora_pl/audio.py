@@ -14,7 +14,6 @@ SAMPLING_RATE = 16_000
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".aiff", ".aif", ".au")
 
 
-
 @runtime_checkable
 class StoredAudio(Protocol):
     """Audio kept where it lies (a row of a memory-mapped Arrow table) until a worker reads it."""
