@@ -231,7 +231,7 @@ class HubAudio:
     datasets cache pickles as a reference to its memory-mapped files, so neither this process nor each DataLoader
     worker keeps a copy of the corpus's audio."""
 
-    __slots__ = ("table", "column", "row", "name")
+    __slots__ = ("column", "name", "row", "table")
 
     def __init__(self, table, column: str, row: int, name: str) -> None:
         self.table, self.column, self.row, self.name = table, column, row, name
