@@ -26,9 +26,9 @@ def test_log_mel_equals_the_library(mels):
     waves = [load_audio(path) for path in DEMO_CLIPS[:12]]
     waves += [
         np.zeros(16_000, dtype=np.float32),  # silence: every frame is the floor
-        0.1 * rng.standard_normal(16_000 * 29 + 123).astype(np.float32),  # near 30 s: the library's own path
+        0.1 * rng.standard_normal(16_000 * 29 + 123).astype(np.float32),  # 29 s: the longest clips the short path takes
         0.1 * rng.standard_normal(160 * 700 + 37).astype(np.float32),  # ends inside a hop
-        0.1 * rng.standard_normal(16_000 * 40).astype(np.float32),  # over 30 s: truncated like the library
+        0.1 * rng.standard_normal(16_000 * 40).astype(np.float32),  # over 30 s: the library's own path, which truncates
     ]
     for wave in waves:
         ours, theirs = log_mel(extractor, wave), library(extractor, wave)
