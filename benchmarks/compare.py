@@ -44,6 +44,7 @@ def run_ours(t0: float, a: argparse.Namespace, out: Path) -> dict:
     import torch
 
     from whisper_lora_pl.data import WhisperDataModule
+    from whisper_lora_pl.decode import DecodingSettings
     from whisper_lora_pl.module import WhisperLoRA
     from whisper_lora_pl.sources import CommonVoiceFolder
 
@@ -106,6 +107,8 @@ def run_ours(t0: float, a: argparse.Namespace, out: Path) -> dict:
     fixed_seconds = None
     if a.fixed_length:  # again, generating exactly max_new_tokens per clip, like theirs
         module.model.generation_config.min_new_tokens = a.max_new_tokens
+        # every clip now reaches its cap: a budget of the cap, and no loop guard, or every clip would be retried
+        module.decoder.settings = DecodingSettings(min_tokens=a.max_new_tokens, temperatures=(0.0,))
         start = time.perf_counter()
         trainer.test(module, datamodule=data, verbose=False)
         fixed_seconds = time.perf_counter() - start

@@ -38,6 +38,8 @@ class SpeechCollator:
         return {
             "input_features": features,
             "labels": labels,
+            # seconds of audio per clip (the decoding budget); a full window for items that do not say
+            "duration": torch.as_tensor([item.get("duration", 30.0) for item in items], dtype=torch.float32),
             "index": torch.as_tensor([item["index"] for item in items], dtype=torch.long),
             "id": [item["id"] for item in items],
         }

@@ -50,6 +50,7 @@ class SpeechDataset(Dataset):
         return {
             "input_features": log_mel(self.feature_extractor, wave),
             "labels": self.split.labels[index],
+            "duration": len(wave) / SAMPLING_RATE,  # sets the clip's decoding budget
             "index": index,
             "id": example.id,
         }

@@ -11,12 +11,14 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from lightning.pytorch.cli import OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.optim.lr_scheduler import LambdaLR
+from torchmetrics.aggregation import SumMetric
 from transformers import WhisperProcessor
 
 from whisper_lora_pl.collate import IGNORE_INDEX
 from whisper_lora_pl.convert import resolve_model_name
+from whisper_lora_pl.decode import WINDOW_SECONDS, Decoded, Decoder, DecodingSettings
 from whisper_lora_pl.dist import gather_objects
 from whisper_lora_pl.model import LoraSettings, Quantization, build_whisper_lora, count_parameters
 from whisper_lora_pl.rng import gather_rng_states, set_rng_states
@@ -55,8 +57,10 @@ class WhisperLoRA(L.LightningModule):
         optimizer: optimizer over the trainable parameters only, e.g. AdamW with its learning rate.
         lr_schedule: shape after warmup: ``linear`` or ``cosine`` decay to zero over the run, or ``constant``.
         warmup_steps: optimizer steps of linear warmup.
-        max_new_tokens: most tokens ``generate`` writes per clip during validation and test.
-        num_beams: beam width for evaluation (1 = greedy).
+        max_new_tokens: most tokens a clip may get whatever its duration (the budget is usually smaller).
+        num_beams: beam width of decoding (1 = greedy).
+        decoding: token budget per second of audio and the loop guard (``whisper_lora_pl.decode``); evaluation,
+            predict, export and transcribe all decode with these, read back from the checkpoint.
         log_examples: how many (reference, hypothesis) pairs to print after each evaluation.
         on_nonfinite_loss: ``stop`` raises naming the step; ``skip`` drops that step's update (on every rank
             together) and counts it in ``train/skipped_steps`` (with steps whose clips all failed to decode).
@@ -76,12 +80,16 @@ class WhisperLoRA(L.LightningModule):
         warmup_steps: int = 50,
         max_new_tokens: int = 128,
         num_beams: int = 1,
+        decoding: DecodingSettings = DecodingSettings(),
         log_examples: int = 3,
         on_nonfinite_loss: Literal["stop", "skip"] = "stop",
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["optimizer", "lora"])
+        self.save_hyperparameters(ignore=["optimizer", "lora", "decoding"])
         self.hparams["lora"] = asdict(lora)  # plain values: checkpoints load with weights_only=True
+        self.hparams["decoding"] = asdict(decoding)
+        self.decoding = decoding
+        self.decoder: Decoder | None = None
         self.optimizer_factory = optimizer
         self.lora = lora  # hparams holds it as a plain dict when LightningCLI built the module
         self.model = None
@@ -89,6 +97,11 @@ class WhisperLoRA(L.LightningModule):
         self.strict_loading = False  # checkpoints hold the adapters only; on_load_checkpoint checks them
         self.val_rates = ErrorRates(language, prefix="val/")
         self.test_rates = ErrorRates(language, prefix="test/")
+        # clips whose decoding hit its token budget or stayed a repetition, and clips the guard decoded again
+        self.loop_counts = torch.nn.ModuleDict(
+            {stage: torch.nn.ModuleDict({"looped": SumMetric(), "retried": SumMetric()}) for stage in ("val", "test")}
+        )
+        self._over_budget = 0  # references longer than their clip's token budget, in the pass under way
         self._examples: list[tuple[str, str]] = []
         self.skipped_steps = 0
         self._rng_to_restore: dict | None = None
@@ -117,6 +130,9 @@ class WhisperLoRA(L.LightningModule):
         # training would silently run with gradient checkpointing and LoRA dropout off
         self.model.train()
         self.processor = WhisperProcessor.from_pretrained(resolve_model_name(hp.model_name))
+        self.decoder = Decoder(
+            self.model, self.processor.tokenizer, hp.language, hp.task, hp.num_beams, hp.max_new_tokens, self.decoding
+        )
         trainable, total = count_parameters(self.model)
         rank_zero_info(f"trainable params: {trainable:,} || all params: {total:,} || {100 * trainable / total:.4f}%")
 
@@ -146,31 +162,61 @@ class WhisperLoRA(L.LightningModule):
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], prog_bar=False, batch_size=size)
         return loss
 
-    @torch.no_grad()
-    def transcribe(self, input_features: torch.Tensor) -> list[str]:
-        """Batched greedy (or beam) decoding with the language/task prompt used in training."""
-        hp = self.hparams
-        kwargs = {"language": hp.language, "task": hp.task} if hp.language or hp.task else {}
-        tokens = self.model.generate(
-            input_features=input_features, max_new_tokens=hp.max_new_tokens, num_beams=hp.num_beams, **kwargs
-        )
-        return self.processor.batch_decode(tokens, skip_special_tokens=True)
+    def decode(self, input_features: torch.Tensor, durations: list[float] | None = None) -> list[Decoded]:
+        """The shared decoding (``whisper_lora_pl.decode``): trained prompt, budget from each clip's seconds of
+        audio (a full window when not given), loop guard."""
+        if durations is None:
+            durations = [WINDOW_SECONDS] * len(input_features)
+        return self.decoder(input_features, durations)
 
-    def _evaluate(self, batch: dict[str, torch.Tensor] | None, rates: ErrorRates, batch_idx: int) -> None:
+    def transcribe(self, input_features: torch.Tensor, durations: list[float] | None = None) -> list[str]:
+        return [result.text for result in self.decode(input_features, durations)]
+
+    def _evaluate(self, batch: dict[str, torch.Tensor] | None, stage: str, batch_idx: int) -> None:
         if batch is None:
             return
-        hypotheses = self.transcribe(batch["input_features"])
+        rates = self.val_rates if stage == "val" else self.test_rates
+        durations = batch["duration"].tolist()
+        results = self.decode(batch["input_features"], durations)
+        hypotheses = [result.text for result in results]
         labels = batch["labels"].masked_fill(batch["labels"] == IGNORE_INDEX, self.processor.tokenizer.pad_token_id)
         references = self.processor.batch_decode(labels, skip_special_tokens=True)
+        # labels are [<|lang|>][<|task|>]<|notimestamps|> text <|endoftext|>: the text's tokens are the rest
+        around_text = 2 + bool(self.hparams.language) + bool(self.hparams.task)
+        reference_tokens = ((batch["labels"] != IGNORE_INDEX).sum(1) - around_text).tolist()
+        self._over_budget += sum(n > b for n, b in zip(reference_tokens, self.decoder.budgets(durations), strict=True))
         normal_hyps, normal_refs = rates.update(hypotheses, references)
-        for clip, ref, hyp, n_ref, n_hyp in zip(
-            batch["id"], references, hypotheses, normal_refs, normal_hyps, strict=True
-        ):
-            record = {"id": clip, "reference": ref, "hypothesis": hyp, "normalized_reference": n_ref}
-            self._records.append(record | {"normalized_hypothesis": n_hyp} | utterance_rates(n_hyp, n_ref))
+        rows = zip(batch["id"], references, results, normal_refs, normal_hyps, strict=True)
+        for clip, ref, result, n_ref, n_hyp in rows:
+            record = {"id": clip, "reference": ref, "hypothesis": result.text, "normalized_reference": n_ref}
+            record |= {"normalized_hypothesis": n_hyp} | utterance_rates(n_hyp, n_ref) | result.report()
+            self._records.append(record)
         if batch_idx == 0:
             self._examples = list(zip(references, hypotheses, strict=True))[: self.hparams.log_examples]
-        self.log_dict(rates.metrics, prog_bar=True, batch_size=len(hypotheses))
+        size = len(hypotheses)
+        self.log_dict(rates.metrics, prog_bar=True, batch_size=size)
+        counts = self.loop_counts[stage]
+        counts["looped"].update(sum(result.looped for result in results))
+        counts["retried"].update(sum(result.attempts > 1 for result in results))
+        for name, metric in counts.items():
+            self.log(f"{stage}/{name}", metric, batch_size=size)
+
+    def _report_loops(self, stage: str, records_name: str) -> dict[str, float]:
+        """Say how many clips looped or were retried (a loop must be seen, not averaged into the CER)."""
+        counts = {name: int(metric.compute().item()) for name, metric in self.loop_counts[stage].items()}
+        if counts["looped"]:
+            rank_zero_warn(
+                f"{stage}: {counts['looped']} clips looped (hit their token budget or kept repeating) and "
+                f"{counts['retried']} were decoded again by the loop guard; see 'looped' in {records_name}.jsonl"
+            )
+        over = int(self.trainer.strategy.reduce(torch.tensor(self._over_budget, device=self.device), reduce_op="sum"))
+        self._over_budget = 0
+        if over:
+            rank_zero_warn(
+                f"{stage}: {over} reference transcripts are longer than their clip's token budget: raise "
+                "model.decoding.tokens_per_second (or min_tokens) so that decoding can write them"
+            )
+        return {f"{stage}/{name}": float(value) for name, value in counts.items()}
 
     def _report_examples(self, stage: str) -> None:
         for reference, hypothesis in self._examples:
@@ -178,18 +224,21 @@ class WhisperLoRA(L.LightningModule):
         self._examples = []
 
     def validation_step(self, batch: dict[str, torch.Tensor] | None, batch_idx: int) -> None:
-        self._evaluate(batch, self.val_rates, batch_idx)
+        self._evaluate(batch, "val", batch_idx)
 
     def on_validation_epoch_end(self) -> None:
         self._report_examples("val")
         if self.trainer.sanity_checking and self.trainer.num_sanity_val_steps != float("inf"):
             self._records = []
+            self._over_budget = 0
             return  # a partial sanity check says nothing about the split
         when = "before training" if self.trainer.sanity_checking else f"step {self.global_step}"
+        name = "val-before-training" if self.trainer.sanity_checking else f"val-step{self.trained_steps}"
         values = {name: value.item() for name, value in self.val_rates.metrics.compute().items()}
+        values |= self._report_loops("val", name)
         self.eval_history.append((when, values))
-        rank_zero_info(f"{when}: " + "  ".join(f"{k} {v:.4f}" for k, v in values.items()))
-        self._write_records("val-before-training" if self.trainer.sanity_checking else f"val-step{self.trained_steps}")
+        rank_zero_info(f"{when}: " + "  ".join(f"{k} {v:.4g}" for k, v in values.items()))
+        self._write_records(name)
 
     def on_fit_end(self) -> None:
         if len(self.eval_history) > 1 and self.eval_history[0][0] == "before training":
@@ -198,18 +247,22 @@ class WhisperLoRA(L.LightningModule):
             rank_zero_info("\n".join(lines))
 
     def test_step(self, batch: dict[str, torch.Tensor] | None, batch_idx: int) -> None:
-        self._evaluate(batch, self.test_rates, batch_idx)
+        self._evaluate(batch, "test", batch_idx)
 
     def on_test_epoch_end(self) -> None:
         self._report_examples("test")
+        self._report_loops("test", f"test-step{self.trained_steps}")
         self._write_records(f"test-step{self.trained_steps}")
 
     def predict_step(self, batch: dict[str, torch.Tensor] | None, batch_idx: int) -> list[str]:
         if batch is None:
             return []
-        hypotheses = self.transcribe(batch["input_features"])
-        self._records.extend({"id": clip, "hypothesis": hyp} for clip, hyp in zip(batch["id"], hypotheses, strict=True))
-        return hypotheses
+        results = self.decode(batch["input_features"], batch["duration"].tolist())
+        self._records.extend(
+            {"id": clip, "hypothesis": result.text} | result.report()
+            for clip, result in zip(batch["id"], results, strict=True)
+        )
+        return [result.text for result in results]
 
     def on_predict_epoch_end(self) -> None:
         self._write_records("predict")

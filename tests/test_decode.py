@@ -1,0 +1,129 @@
+"""The shared decoding: per-clip token budgets, the loop guard, repeatable sampling, honest log-probabilities."""
+
+import zlib
+
+import pytest
+import torch
+from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+from whisper_lora_pl.decode import Decoded, Decoder, DecodingSettings, compression_ratio
+
+SETTINGS = DecodingSettings(tokens_per_second=2.0, min_tokens=2)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model):
+    return WhisperForConditionalGeneration.from_pretrained(tiny_model).eval(), WhisperProcessor.from_pretrained(
+        tiny_model
+    )
+
+
+def features(n: int) -> torch.Tensor:
+    return torch.randn(n, 80, 3000, generator=torch.Generator().manual_seed(n))
+
+
+def test_budget_grows_with_the_audio_and_stops_at_the_cap():
+    settings = DecodingSettings()
+    assert settings.budget(4.0, cap=448) == 16 + 60
+    assert settings.budget(0.0, cap=448) == 16
+    assert settings.budget(29.9, cap=448) == 448 and settings.budget(4.0, cap=40) == 40
+
+
+def test_compression_ratio_is_openais_measure():
+    loop = "这家庭的" + "铁" * 100
+    assert compression_ratio(loop) == len(loop.encode()) / len(zlib.compress(loop.encode()))
+    assert compression_ratio(loop) > 2.4 > compression_ratio("这家店有三个较多的店。")
+    assert compression_ratio("") == 0.0
+
+
+def test_a_random_model_hits_every_budget_and_says_so(tiny):
+    """A random decoder never writes end-of-text: each clip stops at its own budget and is reported as looped,
+    after the whole temperature ladder was tried."""
+    model, processor = tiny
+    decoder = Decoder(model, processor.tokenizer, "zh", "transcribe", max_new_tokens=448, settings=SETTINGS)
+    state = torch.random.get_rng_state()
+    results = decoder(features(3), [1.0, 2.0, 3.0])
+    assert torch.equal(state, torch.random.get_rng_state())  # training's random stream untouched
+    assert [r.budget for r in results] == [4, 6, 8]
+    assert [len(r.tokens) for r in results] == [4, 6, 8]
+    assert all(r.hit_budget and r.looped for r in results)
+    again = decoder(features(3), [1.0, 2.0, 3.0])
+    assert [r.tokens for r in again] == [r.tokens for r in results]  # the sampled fallback is repeatable
+    assert {r.temperature for r in results} <= set(SETTINGS.temperatures)
+
+
+def test_the_first_attempt_is_plain_greedy_decoding(tiny):
+    model, processor = tiny
+    decoder = Decoder(model, processor.tokenizer, "zh", "transcribe", settings=DecodingSettings(temperatures=(0.0,)))
+    x = features(2)
+    greedy = model.generate(input_features=x, language="zh", task="transcribe", max_new_tokens=16)
+    assert [r.tokens for r in decoder(x, [0.0, 0.0])] == greedy.tolist()  # short-form generate: new tokens only
+
+
+def test_the_reported_log_probability_is_the_models(tiny):
+    """avg_logprob is the mean log-probability of the kept tokens (and end-of-text), teacher-forced."""
+    model, processor = tiny
+    decoder = Decoder(model, processor.tokenizer, "zh", "transcribe", settings=DecodingSettings(temperatures=(0.0,)))
+    x = features(2)
+    results = decoder(x, [0.5, 0.5])
+    prompt = processor.tokenizer.convert_tokens_to_ids(
+        ["<|startoftranscript|>", "<|zh|>", "<|transcribe|>", "<|notimestamps|>"]
+    )
+    for row, result in enumerate(results):
+        ids = torch.tensor([prompt + result.tokens])
+        with torch.no_grad():
+            logits = model(input_features=x[row : row + 1], decoder_input_ids=ids).logits[0, len(prompt) - 1 : -1]
+        expected = logits.log_softmax(-1).gather(-1, ids[0, len(prompt) :, None]).mean()
+        assert result.hit_budget and result.avg_logprob == pytest.approx(expected.item(), abs=1e-4)
+
+
+def test_the_prompt_is_the_trained_one(tiny, monkeypatch):
+    model, processor = tiny
+    seen = []
+    original = model.generate
+    monkeypatch.setattr(model, "generate", lambda **kw: seen.append(kw) or original(**kw))
+    Decoder(model, processor.tokenizer, "zh", "transcribe", settings=DecodingSettings(temperatures=(0.0,)))(
+        features(1), [1.0]
+    )
+    assert {k: seen[0][k] for k in ("language", "task", "return_timestamps", "num_beams")} == {
+        "language": "zh",
+        "task": "transcribe",
+        "return_timestamps": False,
+        "num_beams": 1,
+    }
+    seen.clear()
+    Decoder(model, processor.tokenizer, "auto", "transcribe", settings=DecodingSettings(temperatures=(0.0,)))(
+        features(1), [1.0]
+    )
+    assert "language" not in seen[0]  # detection only when asked for
+
+
+def result(text: str, temperature: float, looped: bool, avg_logprob: float) -> Decoded:
+    return Decoded(text, [1], 10, looped, temperature, 1.0, avg_logprob, looped)
+
+
+def test_the_guard_keeps_the_first_good_attempt_else_the_best(tiny, monkeypatch):
+    model, processor = tiny
+    decoder = Decoder(model, processor.tokenizer, "zh", "transcribe")
+    scripted = {
+        0.0: [result("loop", 0.0, True, -0.1), result("fine", 0.0, False, -0.5), result("loop", 0.0, True, -0.2)],
+        0.2: [result("fixed", 0.2, False, -0.9), result("loop", 0.2, True, -0.3)],
+        0.4: [result("loop again", 0.4, True, -0.1)],
+        0.6: [result("quiet", 0.6, False, -2.0)],
+    }
+    calls = []
+
+    def fake(features, budgets, temperature):
+        calls.append((temperature, len(budgets)))
+        return scripted.get(temperature, [result("still", temperature, True, -0.05)] * len(budgets))
+
+    monkeypatch.setattr(decoder, "_generate", fake)
+    chosen = decoder(features(3), [1.0, 1.0, 1.0])
+    assert calls == [(0.0, 3), (0.2, 2), (0.4, 1), (0.6, 1)]  # only the clips still failing are decoded again
+    assert [(c.text, c.attempts) for c in chosen] == [("fixed", 2), ("fine", 1), ("quiet", 4)]
+
+    # with a log-probability floor an uncertain clip is retried too; if nothing passes, the best non-loop stays
+    strict = Decoder(model, processor.tokenizer, "zh", "transcribe", settings=DecodingSettings(logprob_threshold=-1.0))
+    attempts = iter([[result("unsure", 0.0, False, -1.5)], [result("loop", 0.2, True, -0.1)]])
+    monkeypatch.setattr(strict, "_generate", lambda f, b, t: next(attempts, [result("worse", t, False, -3.0)]))
+    assert strict(features(1), [1.0])[0].text == "unsure"
