@@ -13,9 +13,11 @@ from transformers import WhisperForConditionalGeneration, WhisperProcessor, pipe
 from tests.conftest import REPO
 from whisper_lora_pl.audio import load_audio
 from whisper_lora_pl.cli import main
-from whisper_lora_pl.export import export
+from whisper_lora_pl.export import RunInfo, export, trained_base
+from whisper_lora_pl.features import log_mel
+from whisper_lora_pl.model import load_base
 from whisper_lora_pl.module import WhisperLoRA
-from whisper_lora_pl.transcribe import find_audio, load_model, transcribe, write
+from whisper_lora_pl.transcribe import decoder_for, find_audio, load_model, transcribe, write
 
 TINY = str(REPO / "configs" / "tiny-cpu.yaml")
 
@@ -53,7 +55,18 @@ def test_test_writes_every_utterance_and_the_rates_add_up(tiny_model, cv_release
     # the corpus CER is total edits over total reference characters: the per-utterance rates must add up to it
     edits = sum(r["cer"] * len(r["normalized_reference"]) for r in records)
     total = sum(len(r["normalized_reference"]) for r in records)
-    assert cli.trainer.callback_metrics["test/cer"].item() == pytest.approx(edits / total, rel=1e-5)
+    metrics = cli.trainer.callback_metrics
+    assert metrics["test/cer"].item() == pytest.approx(edits / total, rel=1e-5)
+    # a random model never ends a sentence: each clip stops at its budget (4 here), and that is counted, not hidden
+    assert [(r["new_tokens"], r["budget"], r["hit_budget"], r["looped"]) for r in records] == [(4, 4, True, True)] * 2
+    assert metrics["test/looped"].item() == 2 and metrics["test/retried"].item() == 2
+
+
+def test_a_budget_shorter_than_the_references_is_reported(tiny_model, cv_release, tmp_path):
+    """(With --ckpt_path, Lightning re-applies the checkpoint's hyperparameters: decoding is the trained run's.)"""
+    budget_of_one = ["--model.decoding.tokens_per_second=0", "--model.decoding.min_tokens=1"]
+    with pytest.warns(UserWarning, match="2 reference transcripts are longer than their clip's token budget"):
+        main(["validate", *cli_args(tiny_model, cv_release, tmp_path, *budget_of_one)])
 
 
 def test_predict_writes_hypotheses_without_references(tiny_model, cv_release, trained, tmp_path):
@@ -74,47 +87,125 @@ def test_predict_writes_hypotheses_without_references(tiny_model, cv_release, tr
     (path,) = tmp_path.glob("**/predictions/predict.jsonl")
     records = read_jsonl(path)
     assert sorted(r["id"] for r in records) == sorted(str(c) for c in clips)
-    assert all(isinstance(r["hypothesis"], str) for r in records)
+    assert all(isinstance(r["hypothesis"], str) and r["looped"] for r in records)
 
 
-def test_exported_adapter_and_merged_model_match_the_module(tiny_model, cv_release, trained, tmp_path):
+def q_proj(model) -> torch.nn.Module:
+    return model.get_decoder().layers[0].self_attn.q_proj
+
+
+def test_export_merges_into_the_base_the_adapters_were_trained_on(tiny_model, cv_release, trained, tmp_path):
+    """The int8 base the adapters saw, dequantized, plus the update: not a fresh full-precision copy."""
+    written = export(trained, tmp_path)
+    merged = WhisperForConditionalGeneration.from_pretrained(written["merged"])
+    state = torch.load(trained, weights_only=True)["state_dict"]
+    prefix = "model.base_model.model.model.decoder.layers.0.self_attn.q_proj"
+    lora_a, lora_b = state[f"{prefix}.lora_A.default.weight"], state[f"{prefix}.lora_B.default.weight"]
+    update = (lora_b @ lora_a) * (64 / 8)  # alpha / r
+    int8_base = q_proj(trained_base(tiny_model, "int8")).weight
+    fresh_base = q_proj(WhisperForConditionalGeneration.from_pretrained(tiny_model)).weight
+    assert update.abs().max() > 1e-3  # the adapters moved
+    assert torch.allclose(q_proj(merged).weight, int8_base + update, atol=1e-6)
+    assert (q_proj(merged).weight - (fresh_base + update)).abs().max() > 1e-4  # int8 rounding: a different model
+
+    info = RunInfo.read(written["merged"])
+    assert info == RunInfo.read(written["adapter"]) and (info.model_name, info.quantization) == (tiny_model, "int8")
+    assert (info.language, info.task, info.num_beams, info.max_new_tokens) == ("zh", "transcribe", 1, 4)
+    config = json.loads((written["merged"] / "generation_config.json").read_text())
+    assert {k: config[k] for k in ("language", "task", "num_beams", "return_timestamps")} == {
+        "language": "zh",
+        "task": "transcribe",
+        "num_beams": 1,  # written, or transformers' pipeline searches 5 beams
+        "return_timestamps": False,
+    }
+    card = (written["adapter"] / "README.md").read_text()
+    assert "generate_kwargs={'language': 'zh', 'task': 'transcribe', 'num_beams': 1}" in card
+
+
+def test_a_4bit_run_merges_into_its_dequantized_nf4_base(tiny_model, cv_release, tmp_path):
+    main(
+        [
+            "fit",
+            *cli_args(
+                tiny_model,
+                cv_release,
+                tmp_path,
+                "--model.quantization=nf4",
+                "--trainer.max_steps=2",
+                "--trainer.limit_val_batches=0",
+            ),
+        ]
+    )
+    (checkpoint,) = tmp_path.glob("**/checkpoints/*.ckpt")
+    merged = WhisperForConditionalGeneration.from_pretrained(
+        export(checkpoint, tmp_path / "out", ("merged",))["merged"]
+    )
+    state = torch.load(checkpoint, weights_only=True)["state_dict"]
+    prefix = "model.base_model.model.model.decoder.layers.0.self_attn.q_proj"
+    update = (state[f"{prefix}.lora_B.default.weight"] @ state[f"{prefix}.lora_A.default.weight"]) * (64 / 8)
+    nf4_base = q_proj(trained_base(tiny_model, "nf4")).weight
+    assert torch.allclose(q_proj(merged).weight, nf4_base + update, atol=1e-6)
+    fresh = q_proj(WhisperForConditionalGeneration.from_pretrained(tiny_model)).weight
+    assert (nf4_base - fresh).abs().max() > 1e-3  # 4-bit rounding is coarse: merging into fp32 would be wrong
+    assert RunInfo.read(tmp_path / "out" / "merged").quantization == "nf4"
+
+
+def test_every_take_home_path_decodes_like_the_evaluation(tiny_model, cv_release, trained, tmp_path):
     written = export(trained, tmp_path)
     clips = sorted((cv_release / "zh-CN" / "clips").glob("*test*.mp3"))
-    processor = WhisperProcessor.from_pretrained(written["adapter"])
     audio = [load_audio(c) for c in clips]
-    features = processor.feature_extractor(audio, sampling_rate=16_000, return_tensors="pt").input_features
+    processor = WhisperProcessor.from_pretrained(written["adapter"])
+    features = torch.from_numpy(np.stack([log_mel(processor.feature_extractor, a) for a in audio]))
+    durations = [len(a) / 16_000 for a in audio]
     decoder_input = torch.tensor([[50258, 50260, 50359, 50363]] * len(clips))
 
-    # the LightningModule, on the same full-precision base the export merges into
-    module = WhisperLoRA(tiny_model, quantization="none", max_new_tokens=4)
+    # the LightningModule as evaluation runs it: the int8 base with the adapters
+    module = WhisperLoRA(tiny_model, max_new_tokens=4)
     module.configure_model()
     module.eval()
     state = torch.load(trained, weights_only=False)
     module.on_load_checkpoint(state)
     module.load_state_dict(state["state_dict"], strict=False)
     with torch.no_grad():
-        expected_logits = module.model(input_features=features, decoder_input_ids=decoder_input).logits
-    expected_text = module.transcribe(features)
+        evaluated = module.model(input_features=features, decoder_input_ids=decoder_input).logits
 
-    # (a) the tutorial's inference code: base + PeftModel.from_pretrained(adapter folder)
-    base = WhisperForConditionalGeneration.from_pretrained(tiny_model)
+    # (a) the tutorial's code: int8 base + PeftModel.from_pretrained(adapter folder): the evaluated model itself
+    int8 = load_base(tiny_model, "int8")
     with torch.no_grad():
-        bare_logits = base(input_features=features, decoder_input_ids=decoder_input).logits
-    assert not torch.allclose(bare_logits, expected_logits, atol=1e-3)  # the adapters matter
-    peft = PeftModel.from_pretrained(base, written["adapter"]).eval()
-    with torch.no_grad():
-        assert torch.allclose(peft(input_features=features, decoder_input_ids=decoder_input).logits, expected_logits)
-        tokens = peft.generate(input_features=features, language="zh", task="transcribe", max_new_tokens=4)
-    assert processor.batch_decode(tokens, skip_special_tokens=True) == expected_text
+        bare = int8(input_features=features, decoder_input_ids=decoder_input).logits
+        assert not torch.allclose(bare, evaluated, atol=1e-3)  # the adapters matter
+        tutorial = PeftModel.from_pretrained(int8, written["adapter"]).eval()
+        assert torch.allclose(tutorial(input_features=features, decoder_input_ids=decoder_input).logits, evaluated)
 
-    # (b) the merged folder, through transformers.pipeline, language taken from its generation config
-    merged = WhisperForConditionalGeneration.from_pretrained(written["merged"])
+    # (b) the merged folder, the adapter folder on the training base, and the checkpoint give one model
+    loaded = {
+        mode: load_model(*args)
+        for mode, args in {
+            "model": (str(written["merged"]), None, None),
+            "adapter": (None, str(written["adapter"]), None),
+            "checkpoint": (None, None, str(trained)),
+        }.items()
+    }
     with torch.no_grad():
-        logits = merged(input_features=features, decoder_input_ids=decoder_input).logits
-    assert torch.allclose(logits, expected_logits, atol=1e-4)
+        logits = {
+            m: model(input_features=features, decoder_input_ids=decoder_input).logits
+            for m, (model, _, _) in loaded.items()
+        }
+    assert torch.allclose(logits["model"], logits["adapter"], atol=1e-5)
+    assert torch.allclose(logits["model"], logits["checkpoint"], atol=1e-5)
+    # dequantized weights without the int8 activation rounding: close to the evaluated logits, not equal
+    assert (logits["model"] - evaluated).abs().max() < 0.05 * evaluated.abs().max()
+    texts = {}
+    for mode, (model, proc, info) in loaded.items():
+        decoder = decoder_for(model, proc, info)
+        assert (decoder.language, decoder.task, decoder.max_new_tokens) == ("zh", "transcribe", 4)
+        texts[mode] = [r.text for r in decoder(features, durations)]
+    assert texts["model"] == texts["adapter"] == texts["checkpoint"]
+
+    # (c) transformers.pipeline on the merged folder: language, task, search and cap from its generation config
     asr = pipeline("automatic-speech-recognition", model=str(written["merged"]), device="cpu")
-    texts = [asr({"raw": a, "sampling_rate": 16_000}, generate_kwargs={"max_new_tokens": 4})["text"] for a in audio]
-    assert [t.strip() for t in texts] == [t.strip() for t in expected_text]
+    piped = [asr({"raw": a, "sampling_rate": 16_000})["text"] for a in audio]
+    assert piped == texts["model"]
 
 
 @pytest.fixture(scope="module")
@@ -134,21 +225,35 @@ def audio_folder(tmp_path_factory):
 def test_transcribe_long_and_bad_files(audio_folder, tmp_path):
     files = find_audio([audio_folder])
     assert [f.name for f in files] == ["broken.mp3", "long.wav", "nested.wav", "short.flac"]
-    model, processor = load_model("pypi:whisper-tiny.en", None, None)
-    result = transcribe(files, model, processor)
+    model, processor, info = load_model("pypi:whisper-tiny.en", None, None)
+    decoder = decoder_for(model, processor, info)
+    assert decoder.language is None  # English-only: no language token, nothing to detect
+    result = transcribe(files, decoder, processor.feature_extractor)
     assert list(result.failed) == [str(audio_folder / "broken.mp3")]
     texts = {r["path"].split("/")[-1]: r["text"].lower() for r in result.records}
     assert texts.keys() == {"long.wav", "nested.wav", "short.flac"}
     assert "bring these things with her from the store" in texts["short.flac"]
     assert "bring these things with her from the store" in texts["nested.wav"]  # 44.1 kHz stereo
-    assert texts["long.wav"].count("from the store") >= 7  # all 9 repetitions across the 30 s windows, nearly
+    assert texts["long.wav"].count("from the store") >= 7  # 9 repetitions in pieces of up to 30 s cut at pauses
+    # speech that really says one sentence 4 times in a piece compresses like a loop: the guard flags it
+    assert [r["looped"] for r in result.records] == [True, False, False]
 
-    write(result, tmp_path)
+    # shorter pieces: one cue per sentence, timed from where its speech starts and ends (a sentence every 6.25 s)
+    fine = transcribe(files[1:2], decoder, processor.feature_extractor, max_segment=8.0)
+    write(fine, tmp_path)
     cues = re.findall(
-        r"(\d+)\n(\d\d:\d\d:\d\d,\d\d\d) --> (\d\d:\d\d:\d\d,\d\d\d)\n", (tmp_path / "long.srt").read_text()
+        r"(\d+)\n(\d\d):(\d\d):(\d\d),(\d\d\d) --> (\d\d):(\d\d):(\d\d),(\d\d\d)\n(.+)\n",
+        (tmp_path / "long.srt").read_text(),
     )
-    assert [int(c[0]) for c in cues] == list(range(1, len(cues) + 1)) and len(cues) >= 7
-    assert cues[-1][2] > "00:00:45,000" and [c[1] for c in cues] == sorted(c[1] for c in cues)
+    assert [int(c[0]) for c in cues] == list(range(1, 10))
+    seconds = [
+        (int(c[2]) * 60 + int(c[3]) + int(c[4]) / 1000, int(c[6]) * 60 + int(c[7]) + int(c[8]) / 1000) for c in cues
+    ]
+    speech = [(0.06 + 6.25 * k, 4.78 + 6.25 * k) for k in range(9)]  # en_stella.flac's speech, then 1.47 s of quiet
+    assert all(abs(a - x) < 0.05 and abs(b - y) < 0.05 for (a, b), (x, y) in zip(seconds, speech, strict=True))
+    assert sum("from the store" in c[-1].lower() for c in cues) >= 8
     lines = read_jsonl(tmp_path / "transcripts.jsonl")
-    assert [("error" in line) for line in lines] == [False, False, False, True]
+    assert len(lines) == 1 and len(lines[0]["chunks"]) == 9 and lines[0]["looped"] is False
+    write(result, tmp_path)
+    assert [("error" in line) for line in read_jsonl(tmp_path / "transcripts.jsonl")] == [False, False, False, True]
     assert (tmp_path / "short.txt").read_text().strip() == result.records[2]["text"]

@@ -2,67 +2,192 @@
 
     python -m whisper_lora_pl.export runs/demo/checkpoints/last.ckpt exported/
 
-writes ``exported/adapter`` (``PeftModel.from_pretrained(base, folder)`` loads it: the tutorial's inference code
-works unchanged) and ``exported/merged`` (a standalone Whisper that ``transformers.pipeline`` loads), each with
-the processor beside it. The checkpoint alone is enough: its hyperparameters name the base model and the LoRA
-settings. Merging happens on a full-precision base (a quantized base cannot absorb the update exactly).
+writes ``exported/adapter`` (``PeftModel.from_pretrained(base, folder)`` loads it) and ``exported/merged`` (a
+plain Whisper that ``transformers.pipeline`` loads), each with the processor, a model card (README.md) and
+``whisper-lora-pl.json``: the base, its quantization, the language, the task and the decoding the evaluation used,
+which ``whisper_lora_pl.transcribe`` reads back. The checkpoint alone is enough: its hyperparameters name them all.
+
+What is exported is what was trained: the adapters learned against the quantized base, so the merged model is
+built from that base quantized as in training and dequantized (transformers' ``dequantize()``), not from a
+freshly loaded full-precision copy, and then merged (``merge_and_unload``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from peft import PeftModel
-from transformers import WhisperProcessor
+from peft import PeftModel, get_peft_model
+from transformers import GenerationConfig, WhisperForConditionalGeneration, WhisperProcessor
 
 from whisper_lora_pl.convert import resolve_model_name
-from whisper_lora_pl.model import LoraSettings, Quantization, build_whisper_lora
+from whisper_lora_pl.decode import DecodingSettings
+from whisper_lora_pl.model import LoraSettings, Quantization, load_base
+
+#: what an exported folder says about the run that made it (read by transcribe)
+RUN_FILE = "whisper-lora-pl.json"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def load_checkpoint(
-    path: str | Path, quantization: Quantization = "none", device: str = "cpu"
-) -> tuple[PeftModel, dict]:
-    """The base named in the checkpoint, built at ``quantization``, with the checkpoint's adapters loaded."""
+@dataclass(frozen=True)
+class RunInfo:
+    """The facts decoding needs from the training run, carried from the checkpoint into exported folders."""
+
+    model_name: str
+    quantization: Quantization = "none"
+    language: str | None = None
+    task: str | None = None
+    num_beams: int = 1
+    max_new_tokens: int = 448
+    decoding: DecodingSettings = field(default_factory=DecodingSettings)
+
+    @classmethod
+    def from_hparams(cls, hparams: dict) -> RunInfo:
+        decoding = hparams.get("decoding") or {}
+        return cls(
+            model_name=hparams["model_name"],
+            quantization=hparams.get("quantization", "none"),
+            language=hparams.get("language"),
+            task=hparams.get("task"),
+            num_beams=hparams.get("num_beams", 1),
+            max_new_tokens=hparams.get("max_new_tokens", 448),
+            decoding=DecodingSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in decoding.items()}),
+        )
+
+    @classmethod
+    def read(cls, folder: str | Path) -> RunInfo | None:
+        path = Path(folder) / RUN_FILE
+        if not path.is_file():
+            return None
+        return cls.from_hparams(json.loads(path.read_text(encoding="utf-8")))
+
+    def write(self, folder: Path) -> None:
+        (folder / RUN_FILE).write_text(json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+    def generation_config(self, base: GenerationConfig) -> GenerationConfig:
+        """The base's generation config with the evaluated prompt and search written in: ``transformers.pipeline``
+        then decodes like the evaluation (it would otherwise detect the language and search 5 beams)."""
+        config = GenerationConfig.from_dict(base.to_dict())
+        if self.language:
+            config.language = self.language
+            config.task = self.task or "transcribe"
+        config.return_timestamps = False
+        config.num_beams = self.num_beams
+        config.max_new_tokens = self.max_new_tokens
+        return config
+
+
+def trained_base(
+    model_name: str, quantization: Quantization, device: torch.device | str = "cpu"
+) -> WhisperForConditionalGeneration:
+    """The base as the adapters saw it in training: quantized the same way, then dequantized to float32."""
+    base = load_base(model_name, quantization, device)
+    if quantization != "none":
+        base = base.dequantize(dtype=torch.float32)
+    return base.eval()
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[PeftModel, RunInfo]:
+    """The checkpoint's adapters on :func:`trained_base`, and what the run says about decoding."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     hparams = dict(checkpoint["hyper_parameters"])
-    model = build_whisper_lora(
-        hparams["model_name"], quantization, LoraSettings(**hparams["lora"]), device, gradient_checkpointing=False
-    )
+    info = RunInfo.from_hparams(hparams)
+    base = trained_base(info.model_name, info.quantization, device)
+    model = get_peft_model(base, LoraSettings(**hparams["lora"]).peft_config())
     adapters = {key.removeprefix("model."): value for key, value in checkpoint["state_dict"].items()}
     expected = {name for name, param in model.named_parameters() if param.requires_grad}
     if missing := expected - adapters.keys():
         raise KeyError(f"{path} lacks {len(missing)} adapter weights, e.g. {sorted(missing)[:3]}")
     model.load_state_dict(adapters, strict=False)
-    return model.eval(), hparams
+    return model.eval(), info
 
 
-def processor_for(hparams: dict) -> WhisperProcessor:
-    processor = WhisperProcessor.from_pretrained(resolve_model_name(hparams["model_name"]))
-    processor.tokenizer.set_prefix_tokens(language=hparams.get("language"), task=hparams.get("task"))
+def processor_for(info: RunInfo) -> WhisperProcessor:
+    processor = WhisperProcessor.from_pretrained(resolve_model_name(info.model_name))
+    processor.tokenizer.set_prefix_tokens(language=info.language, task=info.task, predict_timestamps=False)
     return processor
 
 
-def export(checkpoint: str | Path, out: str | Path, parts: tuple[str, ...] = ("adapter", "merged")) -> dict[str, Path]:
+def export(
+    checkpoint: str | Path,
+    out: str | Path,
+    parts: tuple[str, ...] = ("adapter", "merged"),
+    dtype: str = "float32",
+) -> dict[str, Path]:
     """Write ``out/adapter`` (adapter_config.json, adapter_model.safetensors) and/or ``out/merged`` (a plain
-    ``WhisperForConditionalGeneration`` defaulting to the trained language), each with the processor."""
-    model, hparams = load_checkpoint(checkpoint)
-    processor = processor_for(hparams)
+    ``WhisperForConditionalGeneration`` in ``dtype`` that decodes like the evaluation), each with the processor."""
+    model, info = load_checkpoint(checkpoint)
+    processor = processor_for(info)
     written = {}
     if "adapter" in parts:
-        written["adapter"] = Path(out) / "adapter"
-        model.save_pretrained(written["adapter"])
-        processor.save_pretrained(written["adapter"])
+        folder = written["adapter"] = Path(out) / "adapter"
+        model.save_pretrained(folder)
+        processor.save_pretrained(folder)
+        info.generation_config(model.get_base_model().generation_config).save_pretrained(folder)
+        info.write(folder)
+        (folder / "README.md").write_text(model_card(info, "adapter"), encoding="utf-8")
     if "merged" in parts:  # last: merging folds the adapters into the base in place
-        merged = model.merge_and_unload()
-        if hparams.get("language"):  # so that pipeline(...) transcribes the trained language without generate_kwargs
-            merged.generation_config.language = hparams["language"]
-            merged.generation_config.task = hparams.get("task") or "transcribe"
-        written["merged"] = Path(out) / "merged"
-        merged.save_pretrained(written["merged"])
-        processor.save_pretrained(written["merged"])
+        merged = model.merge_and_unload().to(DTYPES[dtype])
+        merged.generation_config = info.generation_config(merged.generation_config)
+        folder = written["merged"] = Path(out) / "merged"
+        merged.save_pretrained(folder)
+        processor.save_pretrained(folder)
+        info.write(folder)
+        (folder / "README.md").write_text(model_card(info, "merged"), encoding="utf-8")
     return written
+
+
+def pipeline_kwargs(info: RunInfo) -> dict:
+    """What a ``transformers`` pipeline call needs to decode as the evaluation did, when the model's own
+    generation config does not say it (a base model with an adapter on top)."""
+    kwargs: dict = {"language": info.language, "task": info.task} if info.language else {}
+    return kwargs | {"num_beams": info.num_beams}
+
+
+def model_card(info: RunInfo, part: str) -> str:
+    """README.md of an exported folder: what it was trained on and how to decode it as it was evaluated."""
+    quantized = {"int8": "an 8-bit (LLM.int8) base", "nf4": "a 4-bit (NF4) base", "none": "a full-precision base"}
+    d = info.decoding
+    lines = [
+        f"# Whisper fine-tuned with LoRA ({part})",
+        "",
+        f"- base model: `{info.model_name}`, trained as {quantized[info.quantization]}",
+        f"- language: `{info.language}`, task: `{info.task}`, no timestamp tokens (`<|notimestamps|>`)",
+        f"- evaluated decoding: {info.num_beams} beam(s), at most {info.max_new_tokens} tokens and "
+        f"{d.min_tokens} + {d.tokens_per_second:g} per second of audio, loop guard (compression ratio > "
+        f"{d.compression_ratio_threshold}, average log-probability < {d.logprob_threshold}: decoded again at "
+        f"temperatures {', '.join(f'{t:g}' for t in d.temperatures[1:])})",
+        "",
+        "Transcribe as the evaluation decoded (budget and loop guard included):",
+        "",
+        "```bash",
+        f"python -m whisper_lora_pl.transcribe FILES --{'adapter' if part == 'adapter' else 'model'} THIS_FOLDER "
+        "--out transcripts/",
+        "```",
+        "",
+    ]
+    if part == "merged":
+        lines += [
+            "With `transformers` alone: this folder's `generation_config.json` holds the language, the task and "
+            'the search, so `pipeline("automatic-speech-recognition", model=THIS_FOLDER)` decodes like the '
+            "evaluation (without the per-clip budget and the loop guard).",
+        ]
+    else:
+        base = "load_in_8bit" if info.quantization == "int8" else "the base"
+        lines += [
+            f"With the tutorial's inference code (`PeftModel.from_pretrained` on {base}, then "
+            "`AutomaticSpeechRecognitionPipeline`), pass the trained language and the evaluated search in the "
+            'pipeline call; transformers 5 has no `forced_decoder_ids`, `"Chinese (China)"` is not a Whisper '
+            "language, and the pipeline otherwise detects the language and searches 5 beams:",
+            "",
+            "```python",
+            f'text = pipeline(audio, max_new_tokens=255, generate_kwargs={pipeline_kwargs(info)!r})["text"]',
+            "```",
+        ]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -70,8 +195,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("checkpoint", type=Path, help="a .ckpt written by `train.py fit`")
     parser.add_argument("out", type=Path, help="folder that receives adapter/ and merged/")
     parser.add_argument("--only", choices=["adapter", "merged"], help="write just one of the two")
+    parser.add_argument("--dtype", choices=list(DTYPES), default="float32", help="weights of the merged model")
     args = parser.parse_args(argv)
-    for part, folder in export(args.checkpoint, args.out, (args.only,) if args.only else ("adapter", "merged")).items():
+    parts = (args.only,) if args.only else ("adapter", "merged")
+    for part, folder in export(args.checkpoint, args.out, parts, args.dtype).items():
         print(f"{part}: {folder}")
 
 

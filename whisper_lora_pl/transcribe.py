@@ -4,9 +4,13 @@
     python -m whisper_lora_pl.transcribe clips/ --adapter exported/adapter --out transcripts/
     python -m whisper_lora_pl.transcribe clips/ --checkpoint runs/demo/checkpoints/last.ckpt --out transcripts/
 
-Any format and rate soundfile reads (decoded and resampled here: no FFmpeg). Audio longer than 30 s is cut
-into overlapping 30 s windows whose texts the Hugging Face pipeline stitches together. A file that cannot be
-read is reported and skipped; the others are still transcribed.
+Decodes exactly as the evaluation did (``whisper_lora_pl.decode``): the trained language and task (read from the
+checkpoint or the exported folder, never detected unless ``--language auto``), no timestamp tokens, a token budget
+from each clip's duration and the loop guard. Adapters are merged into the base as it was in training (quantized,
+then dequantized), as export does. Any format and rate soundfile reads. A file up to ``--max-segment`` seconds is
+decoded whole, like an evaluation clip; a longer one is cut at pauses (``whisper_lora_pl.segments``). SRT cues
+are those segments, timed from where their speech starts and ends. A file that cannot be read is reported and
+skipped; the others are still transcribed.
 """
 
 from __future__ import annotations
@@ -14,17 +18,22 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
+import torch
 from peft import PeftConfig, PeftModel
 from tqdm.auto import tqdm
-from transformers import WhisperForConditionalGeneration, WhisperProcessor, pipeline
+from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
 from whisper_lora_pl.audio import AUDIO_SUFFIXES, SAMPLING_RATE, AudioError, load_audio
 from whisper_lora_pl.convert import resolve_model_name
-from whisper_lora_pl.export import load_checkpoint, processor_for
+from whisper_lora_pl.decode import WINDOW_SECONDS, Decoder
+from whisper_lora_pl.export import DTYPES, RunInfo, load_checkpoint, processor_for, trained_base
+from whisper_lora_pl.features import log_mel
+from whisper_lora_pl.segments import Segment, split
+from whisper_lora_pl.text import CHINESE
 
 log = logging.getLogger(__name__)
 
@@ -49,44 +58,71 @@ def find_audio(inputs: list[str | Path]) -> list[Path]:
 
 
 def load_model(
-    model: str | None, adapter: str | None, checkpoint: str | None
-) -> tuple[WhisperForConditionalGeneration, WhisperProcessor]:
-    """A merged model from a folder/hub name, a base + PEFT adapter folder, or a training checkpoint."""
+    model: str | None = None, adapter: str | None = None, checkpoint: str | None = None, device: str = "cpu"
+) -> tuple[WhisperForConditionalGeneration, WhisperProcessor, RunInfo]:
+    """A merged model from a folder/hub name, a base + PEFT adapter folder, or a training checkpoint, with what
+    its training run says about decoding (language, task, search, budget, guard)."""
     if checkpoint:
-        peft_model, hparams = load_checkpoint(checkpoint)
-        return peft_model.merge_and_unload(), processor_for(hparams)
+        peft_model, info = load_checkpoint(checkpoint, device)
+        return peft_model.merge_and_unload(), processor_for(info), info
     if adapter:
-        base_name = model or PeftConfig.from_pretrained(adapter).base_model_name_or_path
-        base = WhisperForConditionalGeneration.from_pretrained(resolve_model_name(base_name))
-        return PeftModel.from_pretrained(base, adapter).merge_and_unload(), WhisperProcessor.from_pretrained(adapter)
+        info = RunInfo.read(adapter)
+        if info is None:  # an adapter from elsewhere: its base at full precision, nothing known about decoding
+            info = RunInfo(model or PeftConfig.from_pretrained(adapter).base_model_name_or_path)
+        elif model:
+            info = replace(info, model_name=model)
+        base = trained_base(info.model_name, info.quantization, device)
+        merged = PeftModel.from_pretrained(base, adapter).merge_and_unload()
+        return merged, WhisperProcessor.from_pretrained(adapter), info
     if not model:
         raise ValueError("give --model, --adapter or --checkpoint")
     folder = resolve_model_name(model)
-    return WhisperForConditionalGeneration.from_pretrained(folder), WhisperProcessor.from_pretrained(folder)
+    merged = WhisperForConditionalGeneration.from_pretrained(folder).to(device)
+    info = RunInfo.read(folder)
+    if info is None:  # a Whisper folder from elsewhere: the language and task its generation config names
+        config = merged.generation_config
+        info = RunInfo(str(model), language=getattr(config, "language", None), task=getattr(config, "task", None))
+    return merged, WhisperProcessor.from_pretrained(folder), info
+
+
+def decoder_for(
+    model: WhisperForConditionalGeneration, processor: WhisperProcessor, info: RunInfo, language: str | None = None
+) -> Decoder:
+    """The evaluation's decoder; ``language`` overrides the trained one (``auto`` detects it per batch)."""
+    language = language or info.language
+    if language is None and getattr(model.generation_config, "is_multilingual", False):
+        raise ValueError(
+            "the model does not say which language it was trained on: pass --language (e.g. zh), or --language auto "
+            "to let Whisper detect it"
+        )
+    task = info.task or ("transcribe" if language else None)
+    model.eval()
+    return Decoder(model, processor.tokenizer, language, task, info.num_beams, info.max_new_tokens, info.decoding)
+
+
+@dataclass
+class _Piece:
+    file: int
+    segment: Segment
+    features: np.ndarray
+    seconds: float
 
 
 def transcribe(
     files: list[Path],
-    model: WhisperForConditionalGeneration,
-    processor: WhisperProcessor,
-    language: str | None = None,
-    task: str | None = None,
+    decoder: Decoder,
+    feature_extractor,
     batch_size: int = 8,
-    chunk_length: float = 30.0,
-    stride: float = 5.0,
-    device: str = "cpu",
+    max_segment: float = WINDOW_SECONDS,
+    group: int = 32,
 ) -> Transcripts:
-    asr = pipeline(
-        "automatic-speech-recognition",
-        model=model,
-        tokenizer=processor.tokenizer,
-        feature_extractor=processor.feature_extractor,
-        device=device,
-    )
+    """Decode every readable file. Pieces are decoded ``batch_size`` at a time, longest first within each group
+    of ``group`` batches (similar lengths finish together; a group's features are about 1 MB a piece)."""
     result = Transcripts()
     readable: list[tuple[Path, float]] = []
-
-    def decoded() -> Iterator[dict]:
+    chunks_of: list[list[dict]] = []
+    pending: list[_Piece] = []
+    with tqdm(desc="transcribing", unit="clip") as bar:
         for path in files:
             try:
                 wave = load_audio(path)
@@ -94,28 +130,49 @@ def transcribe(
                 log.warning("skipping %s: %s", path, err)
                 result.failed[str(path)] = str(err)
                 continue
+            segments = split(wave, SAMPLING_RATE, max_segment)
+            if len(segments) > 1:  # inside a long file, a stretch without speech is not decoded: it would hallucinate
+                segments = [s for s in segments if s.has_speech] or segments[:1]
+            for segment in segments:
+                piece = wave[segment.start : segment.end]
+                features = log_mel(feature_extractor, piece)
+                pending.append(_Piece(len(readable), segment, features, len(piece) / SAMPLING_RATE))
             readable.append((path, len(wave) / SAMPLING_RATE))
-            yield {"raw": wave, "sampling_rate": SAMPLING_RATE}
+            chunks_of.append([])
+            if len(pending) >= batch_size * group:
+                _decode(pending, decoder, batch_size, chunks_of, bar)
+                pending = []
+        _decode(pending, decoder, batch_size, chunks_of, bar)
 
-    generate_kwargs = {k: v for k, v in {"language": language, "task": task}.items() if v}
-    outputs = asr(
-        decoded(),
-        batch_size=batch_size,
-        chunk_length_s=chunk_length,
-        stride_length_s=stride,
-        return_timestamps=True,
-        generate_kwargs=generate_kwargs,
-    )
-    for index, output in enumerate(tqdm(outputs, total=len(files), desc="transcribing", unit="file")):
-        path, duration = readable[index]
-        chunks = [
-            {"start": c["timestamp"][0] or 0.0, "end": c["timestamp"][1] or duration, "text": c["text"].strip()}
-            for c in output.get("chunks", [])
-        ]
+    joiner = "" if (decoder.language or "") in CHINESE | {"ja"} else " "
+    for (path, duration), chunks in zip(readable, chunks_of, strict=True):
+        chunks.sort(key=lambda c: c["start"])
+        text = joiner.join(c["text"] for c in chunks if c["text"])
+        looped = any(c["looped"] for c in chunks)
         result.records.append(
-            {"path": str(path), "duration": round(duration, 3), "text": output["text"].strip(), "chunks": chunks}
+            {"path": str(path), "duration": round(duration, 3), "text": text, "looped": looped, "chunks": chunks}
         )
     return result
+
+
+def _decode(pieces: list[_Piece], decoder: Decoder, batch_size: int, chunks_of: list[list[dict]], bar) -> None:
+    """Decode pieces longest first and file each result as a chunk of its file."""
+    pieces = sorted(pieces, key=lambda p: -p.seconds)
+    bar.total = (bar.total or 0) + len(pieces)
+    for start in range(0, len(pieces), batch_size):
+        batch = pieces[start : start + batch_size]
+        features = torch.from_numpy(np.stack([p.features for p in batch]))
+        for piece, outcome in zip(batch, decoder(features, [p.seconds for p in batch]), strict=True):
+            chunks_of[piece.file].append(
+                {
+                    "start": round(piece.segment.speech_start, 3),
+                    "end": round(piece.segment.speech_end, 3),
+                    "text": outcome.text.strip(),
+                    "looped": outcome.looped,
+                    "temperature": outcome.temperature,
+                }
+            )
+        bar.update(len(batch))
 
 
 def srt(chunks: list[dict]) -> str:
@@ -153,21 +210,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--adapter", help="PEFT adapter folder written by whisper_lora_pl.export")
     parser.add_argument("--checkpoint", help="a .ckpt written by `train.py fit`")
     parser.add_argument("--out", type=Path, required=True, help="folder for .txt, .srt and transcripts.jsonl")
-    parser.add_argument("--language", help="e.g. zh; default: the model's generation config")
-    parser.add_argument("--task", choices=["transcribe", "translate"])
+    parser.add_argument("--language", help="override the trained language (e.g. zh), or 'auto' to detect it")
+    parser.add_argument("--task", choices=["transcribe", "translate"], help="override the trained task")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--chunk-length", type=float, default=30.0, help="seconds per window for long audio")
-    parser.add_argument("--stride", type=float, default=5.0, help="seconds of overlap on each side of a window")
+    parser.add_argument(
+        "--max-segment",
+        "--chunk-length",
+        dest="max_segment",
+        type=float,
+        default=WINDOW_SECONDS,
+        help="longest piece decoded at once, in seconds; longer files are cut at pauses (lower it for shorter "
+        "subtitle cues)",
+    )
+    parser.add_argument("--stride", type=float, help="ignored (kept for old scripts): pieces are cut at pauses")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--dtype", choices=list(DTYPES), help="cast the model (e.g. float16 on a GPU)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    if not 0 < args.max_segment <= WINDOW_SECONDS:
+        parser.error(f"--max-segment must be in (0, {WINDOW_SECONDS:g}]: Whisper's encoder sees {WINDOW_SECONDS:g} s")
     files = find_audio(args.inputs)
-    model, processor = load_model(args.model, args.adapter, args.checkpoint)
-    result = transcribe(
-        files, model, processor, args.language, args.task, args.batch_size, args.chunk_length, args.stride, args.device
-    )
+    model, processor, info = load_model(args.model, args.adapter, args.checkpoint, args.device)
+    if args.dtype:
+        model = model.to(DTYPES[args.dtype])
+    if args.task:
+        info = replace(info, task=args.task)
+    decoder = decoder_for(model, processor, info, args.language)
+    result = transcribe(files, decoder, processor.feature_extractor, args.batch_size, args.max_segment)
     write(result, args.out)
-    print(f"{len(result.records)} transcribed, {len(result.failed)} failed: {args.out / 'transcripts.jsonl'}")
+    looped = sum(r["looped"] for r in result.records)
+    print(
+        f"{len(result.records)} transcribed ({looped} looped), {len(result.failed)} failed: "
+        f"{args.out / 'transcripts.jsonl'}"
+    )
     return 0 if result.records or not files else 1
 
 

@@ -1,0 +1,89 @@
+"""Where speech is: cut long audio at pauses, and find each piece's speech span for subtitle cue times.
+
+A fine-tuned model decodes without timestamp tokens (it was trained with ``<|notimestamps|>``; forcing timestamp
+mode on it degrades the text), so cue times come from the audio instead: frame energies in 20 ms frames, speech
+where a frame is within ``range_db`` of the loudest one (and above the noise floor). Audio no longer than
+``max_seconds`` is one segment, decoded whole, as evaluation decodes a clip; longer audio is cut at the longest
+pause in the second half of each ``max_seconds`` stretch (at the quietest moment where there is no pause).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+
+FRAME_SECONDS = 0.02
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Samples ``[start, end)`` to decode, and the seconds where speech begins and ends inside them."""
+
+    start: int
+    end: int
+    speech_start: float
+    speech_end: float
+
+    @property
+    def has_speech(self) -> bool:
+        return self.speech_end > self.speech_start
+
+
+def frame_levels(wave: np.ndarray, rate: int) -> np.ndarray:
+    """RMS level of each 20 ms frame, in dB (silence floors at -100)."""
+    size = max(1, int(rate * FRAME_SECONDS))
+    frames = len(wave) // size
+    if frames == 0:
+        return np.full(1, -100.0)
+    power = np.square(wave[: frames * size].astype(np.float64)).reshape(frames, size).mean(axis=1)
+    return 10 * np.log10(np.maximum(power, 1e-10))
+
+
+def speech_mask(levels: np.ndarray, range_db: float = 40.0, floor_margin_db: float = 6.0) -> np.ndarray:
+    """Frames that hold speech: within ``range_db`` of the loudest frame and ``floor_margin_db`` above the
+    quietest tenth (the noise floor)."""
+    threshold = max(levels.max() - range_db, np.quantile(levels, 0.1) + floor_margin_db)
+    return levels > threshold
+
+
+def split(wave: np.ndarray, rate: int, max_seconds: float = 30.0, min_pause: float = 0.3) -> list[Segment]:
+    """Segments of at most ``max_seconds`` covering the whole wave, cut inside pauses."""
+    levels = frame_levels(wave, rate)
+    speech = speech_mask(levels)
+    size = max(1, int(rate * FRAME_SECONDS))
+    longest = max(1, int(max_seconds / FRAME_SECONDS))
+    cuts, start = [0], 0
+    total = len(levels)
+    while len(wave) - start * size > max_seconds * rate:
+        lo, hi = start + longest // 2, min(start + longest, total)
+        cut = _longest_pause(speech[lo:hi], int(min_pause / FRAME_SECONDS))
+        if cut is None:  # no pause: the quietest 200 ms
+            smooth = np.convolve(levels[lo:hi], np.ones(10) / 10, mode="same")
+            cut = int(np.argmin(smooth))
+        start = lo + cut
+        cuts.append(start)
+    bounds = [c * size for c in cuts] + [len(wave)]
+    segments = []
+    for a, b in itertools.pairwise(bounds):
+        inside = np.flatnonzero(speech[a // size : -(-b // size)])
+        first, last = (inside[0], inside[-1] + 1) if len(inside) else (0, 0)
+        offset = a / rate
+        segments.append(
+            Segment(a, b, float(offset + first * FRAME_SECONDS), float(min(b / rate, offset + last * FRAME_SECONDS)))
+        )
+    return segments
+
+
+def _longest_pause(speech: np.ndarray, shortest: int) -> int | None:
+    """Middle frame of the longest run of non-speech frames of at least ``shortest`` frames, or None."""
+    best, best_length, run_start = None, shortest - 1, None
+    for i, is_speech in enumerate(np.append(speech, True)):
+        if not is_speech and run_start is None:
+            run_start = i
+        elif is_speech and run_start is not None:
+            if i - run_start > best_length:
+                best, best_length = (run_start + i) // 2, i - run_start
+            run_start = None
+    return best
