@@ -20,9 +20,25 @@ def test_traditional_and_simplified_count_as_equal():
     assert scores("zh", ["這是一個測試。"], ["这是一个测试"]) == {"val/wer": 0.0, "val/cer": 0.0}
 
 
-def test_chinese_cer_counts_characters_and_wer_counts_sentences():
-    # one substituted character out of six; the unsegmented sentence is one "word", so WER is 1
-    assert scores("zh", ["这是一个侧试"], ["这是一个测试"]) == {"val/wer": 1.0, "val/cer": round(1 / 6, 4)}
+def test_chinese_cer_counts_characters_and_wer_counts_jieba_words():
+    # one substituted character out of six; jieba: 这是/一个/测试 against 这是/一个/侧试, one word of three
+    assert scores("zh", ["这是一个侧试"], ["这是一个测试"]) == {"val/wer": round(1 / 3, 4), "val/cer": round(1 / 6, 4)}
+    # 我们/去/公园/散步: one word of four, one character of seven
+    assert scores("zh", ["我们去公园跑步"], ["我们去公园散步"]) == {"val/wer": 0.25, "val/cer": round(1 / 7, 4)}
+    rates = ErrorRates("zh", prefix="")
+    assert rates.utterance("我们去公园跑步", "我们去公园散步") == {"wer": 0.25, "cer": 1 / 7}
+
+
+def test_chinese_numerals_compare_equal_whatever_the_script():
+    normalize = TextNormalizer("zh")
+    assert normalize("十万") == normalize("10万") == normalize("10萬") == "100000"  # whisper-base writes 10萬
+    assert normalize("二〇二六年") == normalize("2026年") == normalize("二零二六年") == "2026年"
+    assert (
+        normalize("一百二十三个") == "123个" and normalize("三点五元") == "3.5元" and normalize("1.5万人") == "150000人"
+    )
+    assert scores("zh", ["他有10萬元"], ["他有十万元"]) == {"val/wer": 0.0, "val/cer": 0.0}
+    # 他有100000元 against 他有100000块: one character of nine
+    assert scores("zh", ["他有十万块"], ["他有十万元"])["val/cer"] == round(1 / 9, 4)
 
 
 def test_rates_sum_edits_over_batches_not_average_sentences():

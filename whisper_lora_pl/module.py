@@ -22,7 +22,7 @@ from whisper_lora_pl.decode import WINDOW_SECONDS, Decoded, Decoder, DecodingSet
 from whisper_lora_pl.dist import gather_objects
 from whisper_lora_pl.model import LoraSettings, Quantization, build_whisper_lora, count_parameters
 from whisper_lora_pl.rng import gather_rng_states, set_rng_states
-from whisper_lora_pl.text import ErrorRates, utterance_rates
+from whisper_lora_pl.text import ErrorRates
 
 Schedule = Literal["linear", "cosine", "constant"]
 STEP_OK, STEP_EMPTY, STEP_NONFINITE = 0, 1, 2  # a training step's outcome, reduced with max over ranks
@@ -189,7 +189,7 @@ class WhisperLoRA(L.LightningModule):
         rows = zip(batch["id"], references, results, normal_refs, normal_hyps, strict=True)
         for clip, ref, result, n_ref, n_hyp in rows:
             record = {"id": clip, "reference": ref, "hypothesis": result.text, "normalized_reference": n_ref}
-            record |= {"normalized_hypothesis": n_hyp} | utterance_rates(n_hyp, n_ref) | result.report()
+            record |= {"normalized_hypothesis": n_hyp} | rates.utterance(n_hyp, n_ref) | result.report()
             self._records.append(record)
         if batch_idx == 0:
             self._examples = list(zip(references, hypotheses, strict=True))[: self.hparams.log_examples]
