@@ -85,12 +85,13 @@ def test_the_prompt_is_the_trained_one(tiny, monkeypatch):
     Decoder(model, processor.tokenizer, "zh", "transcribe", settings=DecodingSettings(temperatures=(0.0,)))(
         features(1), [1.0]
     )
-    assert {k: seen[0][k] for k in ("language", "task", "return_timestamps", "num_beams")} == {
+    assert {k: seen[0][k] for k in ("language", "task", "return_timestamps", "temperature")} == {
         "language": "zh",
         "task": "transcribe",
         "return_timestamps": False,
-        "num_beams": 1,
+        "temperature": 0.0,
     }
+    assert seen[0]["generation_config"].num_beams == 1
     seen.clear()
     Decoder(model, processor.tokenizer, "auto", "transcribe", settings=DecodingSettings(temperatures=(0.0,)))(
         features(1), [1.0]

@@ -118,6 +118,7 @@ def test_export_merges_into_the_base_the_adapters_were_trained_on(tiny_model, cv
         "num_beams": 1,  # written, or transformers' pipeline searches 5 beams
         "return_timestamps": False,
     }
+    assert config["max_new_tokens"] == 4 and "max_length" not in config
     card = (written["adapter"] / "README.md").read_text()
     assert "generate_kwargs={'language': 'zh', 'task': 'transcribe', 'num_beams': 1}" in card
 

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
-from transformers import PreTrainedTokenizerBase
+from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 #: seconds of audio Whisper's encoder sees at once (its positions: 1500 frames of 20 ms)
 WINDOW_SECONDS = 30.0
@@ -112,6 +112,11 @@ class Decoder:
     max_new_tokens: int = 448
     settings: DecodingSettings = DecodingSettings()
 
+    def __post_init__(self) -> None:
+        # each batch's length comes from its budgets; a length in the model's generation config (an exported
+        # folder's max_new_tokens, for transformers' pipeline) would take precedence over it
+        self.model.generation_config.max_new_tokens = None
+
     def prompt_kwargs(self) -> dict:
         """``generate`` arguments of the prompt: the trained language and task, and no timestamp tokens (the
         labels carried ``<|notimestamps|>``: timestamp mode is another task for a fine-tuned model)."""
@@ -159,15 +164,19 @@ class Decoder:
         """One ``generate`` over the batch up to its largest budget; each row is then cut at its own budget
         (the first N tokens of a longer decoding are what a decoding stopped at N would have written)."""
         sampling = temperature > 0
-        beams = 1 if sampling else self.num_beams
-        encoder_weight = self.model.get_encoder().conv1.weight
-        out = self.model.generate(
-            input_features=features.to(device=encoder_weight.device, dtype=encoder_weight.dtype),
-            max_new_tokens=max(budgets),
-            num_beams=beams,
-            temperature=temperature,  # Whisper's own argument: it samples exactly when this is above 0
+        config = GenerationConfig(
+            max_length=max(budgets),  # Whisper's generate counts max_length after the prompt (it adds the prompt)
+            num_beams=1 if sampling else self.num_beams,
             return_dict_in_generate=True,
             output_logits=True,  # per row, beams included (Whisper's generate follows beam_indices)
+        )
+        encoder_weight = self.model.get_encoder().conv1.weight
+        features = features.to(device=encoder_weight.device, dtype=encoder_weight.dtype)
+        out = self.model.generate(
+            input_features=features,
+            attention_mask=torch.ones(features.shape[0], features.shape[-1], dtype=torch.long, device=features.device),
+            generation_config=config,
+            temperature=temperature,  # Whisper's own argument: it samples exactly when this is above 0
             **self.prompt_kwargs(),
         )
         new = out.sequences[:, out.sequences.shape[1] - len(out.logits) :]  # after the prompt

@@ -14,6 +14,11 @@ freshly loaded full-precision copy, and then merged (``merge_and_unload``).
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # before the imports below: bitsandbytes logs a notice when peft imports it
+    from whisper_lora_pl.console import quiet_libraries
+
+    quiet_libraries()
+
 import argparse
 import json
 from dataclasses import asdict, dataclass, field
@@ -77,6 +82,7 @@ class RunInfo:
         config.return_timestamps = False
         config.num_beams = self.num_beams
         config.max_new_tokens = self.max_new_tokens
+        config.max_length = None  # beside max_new_tokens it would only make transformers warn at every call
         return config
 
 

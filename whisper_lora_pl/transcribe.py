@@ -15,6 +15,11 @@ skipped; the others are still transcribed.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # before the imports below: bitsandbytes logs a notice when peft imports it
+    from whisper_lora_pl.console import quiet_libraries
+
+    quiet_libraries()
+
 import argparse
 import json
 import logging

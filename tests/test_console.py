@@ -1,0 +1,38 @@
+"""What a user sees: a console without per-batch library warnings, and the run's logs and picture."""
+
+import re
+from collections import Counter
+
+from tests.conftest import REPO, train_py
+
+
+def test_a_fit_prints_no_line_per_batch_and_leaves_tensorboard_csv_and_curves(tiny_model, cv_release, tmp_path):
+    """6 training steps and 2 validation batches per pass (3 passes and a 2-batch sanity check): a message
+    printed per batch would appear 6 times or more; what the run reports per evaluation may appear 4 times."""
+    run = train_py(
+        "fit",
+        "--config",
+        str(REPO / "configs" / "tiny-cpu.yaml"),
+        f"--model.model_name={tiny_model}",
+        f"--data.source.init_args.root={cv_release}",
+        f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.max_steps=6",
+        "--trainer.limit_val_batches=2",
+        "--data.eval_batch_size=1",
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = [
+        re.sub(r"\d+", "N", line.strip())
+        for line in (run.stdout + run.stderr).splitlines()
+        if line.strip() and not re.search(r"[━│┃┏┡└%]", line)  # progress bars and the metrics table
+    ]
+    repeated = {line: n for line, n in Counter(lines).items() if n > 4}
+    assert not repeated, repeated
+    for quiet in ("max_new_tokens", "attention mask", "Unable to serialize", "Tip:", "gemm_4bit", "set_vital"):
+        assert quiet not in run.stdout + run.stderr, quiet
+
+    (folder,) = (tmp_path / "lightning_logs").iterdir()
+    assert (folder / "metrics.csv").is_file() and list(folder.glob("events.out.tfevents.*"))
+    curves = folder / "curves.png"
+    assert curves.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and curves.stat().st_size > 20_000
