@@ -21,6 +21,7 @@ from tests.conftest import REPO
 from whisper_lora_pl.audio import load_audio
 from whisper_lora_pl.cli import main
 from whisper_lora_pl.decode import compression_ratio
+from whisper_lora_pl.deploy import faster_whisper_kwargs
 from whisper_lora_pl.export import RunInfo, export, pipeline_kwargs
 from whisper_lora_pl.text import ErrorRates
 from whisper_lora_pl.transcribe import decoder_for, load_model, transcribe
@@ -64,7 +65,9 @@ def demo(tmp_path_factory):
         run=False,
     )
     cli.trainer.callbacks.append(clock)
+    start = time.perf_counter()
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    print(f"demo fit: {time.perf_counter() - start:.0f} s, evaluation passes: {[round(t, 1) for t in clock.seconds]} s")
     return cli.model.eval_history, clock.seconds[-1], folder / "checkpoints" / "last.ckpt", folder
 
 
@@ -73,7 +76,8 @@ def test_demo_halves_the_held_out_cer(demo):
     history = demo[0]
     (first, before), (last, after) = history[0], history[-1]
     assert first == "before training" and last == "step 20"
-    print(f"test CER {before['val/cer']:.4f} -> {after['val/cer']:.4f}")
+    cer, wer = (before["val/cer"], after["val/cer"]), (before["val/wer"], after["val/wer"])
+    print(f"test CER {cer[0]:.4f} -> {cer[1]:.4f}, WER {wer[0]:.4f} -> {wer[1]:.4f}")
     assert after["val/cer"] <= 0.5 * before["val/cer"]
     assert after["val/cer"] < 0.75  # not only fewer hallucinated repetitions: most characters right (0.53 here)
 
@@ -119,7 +123,7 @@ def test_what_users_take_home_transcribes_as_the_evaluation_said(demo, tmp_path)
     history, evaluation_seconds, checkpoint, _ = demo
     evaluated = history[-1][1]
     assert evaluated["val/looped"] == 0
-    written = export(checkpoint, tmp_path / "exported")
+    written = export(checkpoint, tmp_path / "exported", ctranslate2="int8")
     clips, references = held_out_split()
     figures = {"evaluation": (evaluated["val/cer"], evaluation_seconds)}
 
@@ -141,11 +145,19 @@ def test_what_users_take_home_transcribes_as_the_evaluation_said(demo, tmp_path)
     tutorial = tutorial_section_6(written["adapter"], clips, pipeline_kwargs(RunInfo.read(written["adapter"])))
     figures["tutorial section 6 on the adapter"] = (cer(tutorial, references), time.perf_counter() - start)
 
+    from faster_whisper import WhisperModel  # the deploy extra
+
+    deployed = WhisperModel(str(written["ctranslate2"]), device="cpu", compute_type="int8", cpu_threads=2)
+    kwargs = faster_whisper_kwargs(RunInfo.read(written["ctranslate2"]))
+    start = time.perf_counter()
+    fast = ["".join(s.text for s in deployed.transcribe(load_audio(c), **kwargs)[0]) for c in clips]
+    figures["faster-whisper on ctranslate2 (int8)"] = (cer(fast, references), time.perf_counter() - start)
+
     for name, (value, seconds) in figures.items():
         print(f"{name:36s} CER {value:.4f} ({value - figures['evaluation'][0]:+.4f})  {seconds:6.1f} s")
     for name, (value, seconds) in figures.items():
         assert abs(value - evaluated["val/cer"]) <= 0.03, name
         if name.startswith("transcribe"):
             assert seconds <= 1.5 * evaluation_seconds, name
-    for text in piped + tutorial:  # the two paths that run without our loop guard: no runaway output either
+    for text in piped + tutorial + fast:  # the paths that run without our decode.py: no runaway output either
         assert len(text) < 40 and compression_ratio(text) < 2.4, text

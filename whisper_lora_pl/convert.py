@@ -290,8 +290,9 @@ def resolve_model_name(name: str, cache_dir: Path = CACHE_DIR) -> str:
     return str(target)
 
 
-def tiny_whisper(out: Path, d_model: int = 64, layers: int = 2, seed: int = 0) -> Path:
-    """A tiny random multilingual Whisper folder (real tokenizer and processor) for tests and smoke runs."""
+def tiny_whisper(out: Path, d_model: int = 64, layers: int = 2, seed: int = 0, num_mel_bins: int = 80) -> Path:
+    """A tiny random multilingual Whisper folder (real tokenizer and processor) for tests and smoke runs
+    (``num_mel_bins=128``: shaped like large-v3's input)."""
     meta = shipped_sources("whisper-base")[0]
     tokenizer = whisper_tokenizer(meta / "tokenizer.json")
     eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
@@ -304,6 +305,7 @@ def tiny_whisper(out: Path, d_model: int = 64, layers: int = 2, seed: int = 0) -
         decoder_attention_heads=2,
         encoder_ffn_dim=2 * d_model,
         decoder_ffn_dim=2 * d_model,
+        num_mel_bins=num_mel_bins,
         decoder_start_token_id=tokenizer.convert_tokens_to_ids("<|startoftranscript|>"),
         bos_token_id=eot,
         eos_token_id=eot,
@@ -316,7 +318,8 @@ def tiny_whisper(out: Path, d_model: int = 64, layers: int = 2, seed: int = 0) -
     model.generation_config = generation_config(tokenizer, ct2_config, config.max_target_positions)
     tokenizer.set_prefix_tokens(predict_timestamps=False)
     model.save_pretrained(out)
-    WhisperProcessor(feature_extractor=WhisperFeatureExtractor(), tokenizer=tokenizer).save_pretrained(out)
+    extractor = WhisperFeatureExtractor(feature_size=num_mel_bins)
+    WhisperProcessor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(out)
     return out
 
 
