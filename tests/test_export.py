@@ -102,7 +102,7 @@ def test_export_merges_into_the_base_the_adapters_were_trained_on(tiny_model, cv
     prefix = "model.base_model.model.model.decoder.layers.0.self_attn.q_proj"
     lora_a, lora_b = state[f"{prefix}.lora_A.default.weight"], state[f"{prefix}.lora_B.default.weight"]
     update = (lora_b @ lora_a) * (64 / 8)  # alpha / r
-    int8_base = q_proj(trained_base(tiny_model, "int8")).weight
+    int8_base = q_proj(trained_base(RunInfo(tiny_model, "int8"))).weight
     fresh_base = q_proj(WhisperForConditionalGeneration.from_pretrained(tiny_model)).weight
     assert update.abs().max() > 1e-3  # the adapters moved
     assert torch.allclose(q_proj(merged).weight, int8_base + update, atol=1e-6)
@@ -144,7 +144,7 @@ def test_a_4bit_run_merges_into_its_dequantized_nf4_base(tiny_model, cv_release,
     state = torch.load(checkpoint, weights_only=True)["state_dict"]
     prefix = "model.base_model.model.model.decoder.layers.0.self_attn.q_proj"
     update = (state[f"{prefix}.lora_B.default.weight"] @ state[f"{prefix}.lora_A.default.weight"]) * (64 / 8)
-    nf4_base = q_proj(trained_base(tiny_model, "nf4")).weight
+    nf4_base = q_proj(trained_base(RunInfo(tiny_model, "nf4"))).weight
     assert torch.allclose(q_proj(merged).weight, nf4_base + update, atol=1e-6)
     fresh = q_proj(WhisperForConditionalGeneration.from_pretrained(tiny_model)).weight
     assert (nf4_base - fresh).abs().max() > 1e-3  # 4-bit rounding is coarse: merging into fp32 would be wrong

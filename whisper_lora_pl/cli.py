@@ -24,10 +24,11 @@ SIGTERM_EXIT = 143
 
 
 class WhisperCLI(LightningCLI):
-    """Model name, language and task are written once, under ``model:``, and linked into the data module."""
+    """Model name, language, task and encoder context are written once, under ``model:``, and linked into the
+    data module."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        for key in ("model_name", "language", "task"):
+        for key in ("model_name", "language", "task", "context_seconds"):
             parser.link_arguments(f"model.{key}", f"data.{key}")
         parser.add_lightning_class_args(TrainingCurves, "curves")  # always on: curves.png at the end of fit
 

@@ -19,6 +19,7 @@ from whisper_lora_pl.audio import AudioError, audio_duration
 from whisper_lora_pl.collate import SpeechCollator, UnrepeatedDistributedSampler
 from whisper_lora_pl.convert import resolve_model_name
 from whisper_lora_pl.dataset import PreparedSplit, SpeechDataset
+from whisper_lora_pl.features import set_feature_context
 from whisper_lora_pl.sources import Example, Source
 from whisper_lora_pl.workers import worker_context
 
@@ -45,6 +46,8 @@ class WhisperDataModule(L.LightningDataModule):
         max_train_samples: keep only the first N training examples (smoke runs).
         max_eval_samples: keep only the first N validation/test examples.
         max_duration: clips longer than this many seconds are skipped (Whisper sees 30 s windows).
+        context_seconds: the encoder's context (linked from the model): features are padded to it, and clips
+            longer than it are skipped too.
         probe_threads: threads that read audio headers while filtering.
     """
 
@@ -64,6 +67,7 @@ class WhisperDataModule(L.LightningDataModule):
         max_train_samples: int | None = None,
         max_eval_samples: int | None = None,
         max_duration: float = 30.0,
+        context_seconds: float = 30.0,
         probe_threads: int = 8,
     ) -> None:
         super().__init__()
@@ -84,7 +88,8 @@ class WhisperDataModule(L.LightningDataModule):
             "test": max_eval_samples,
             "predict": max_eval_samples,
         }
-        self.max_duration = max_duration
+        self.max_duration = min(max_duration, context_seconds)
+        self.context_seconds = context_seconds
         self.probe_threads = probe_threads
         self.processor: WhisperProcessor | None = None
         self.max_label_length = 0  # the decoder's limit, read from the model's config in setup
@@ -106,6 +111,7 @@ class WhisperDataModule(L.LightningDataModule):
             self.processor = WhisperProcessor.from_pretrained(folder)
             self.max_label_length = WhisperConfig.from_pretrained(folder).max_target_positions
             self.processor.tokenizer.set_prefix_tokens(language=self.language, task=self.task, predict_timestamps=False)
+            set_feature_context(self.processor.feature_extractor, self.context_seconds)
         wanted: dict[str, list[Stage]] = {
             "fit": ["train", "val"],
             "validate": ["val"],
@@ -130,7 +136,7 @@ class WhisperDataModule(L.LightningDataModule):
         token_ids = tokenizer(texts).input_ids if texts else []
         durations = self._probe_durations(examples, stage)
 
-        kept, labels = [], []
+        kept, labels, seconds = [], [], []
         for example, text, ids, duration in zip(examples, texts, token_ids, durations, strict=True):
             reason = None
             if not text and stage != "predict":  # prediction needs audio only
@@ -146,10 +152,11 @@ class WhisperDataModule(L.LightningDataModule):
                 continue
             kept.append(example)
             labels.append(ids)
+            seconds.append(duration)
         if not kept and examples:
             raise ValueError(f"every clip of split {self.split_names[stage]!r} was skipped: {dict(skipped)}")
-        if stage in ("val", "test"):  # similar lengths in one batch: generation stops together, no wasted decoding
-            order = sorted(range(len(kept)), key=lambda i: -len(labels[i]))
+        if stage != "train":  # longest first: similar durations in a batch get similar token budgets and stop together
+            order = sorted(range(len(kept)), key=lambda i: -seconds[i])
             kept, labels = [kept[i] for i in order], [labels[i] for i in order]
         return PreparedSplit(kept, labels, skipped)
 

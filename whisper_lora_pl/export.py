@@ -21,6 +21,7 @@ if __name__ == "__main__":  # before the imports below: bitsandbytes logs a noti
 
 import argparse
 import json
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,7 +31,8 @@ from transformers import GenerationConfig, WhisperForConditionalGeneration, Whis
 
 from whisper_lora_pl.convert import resolve_model_name
 from whisper_lora_pl.decode import DecodingSettings
-from whisper_lora_pl.model import LoraSettings, Quantization, load_base
+from whisper_lora_pl.features import set_feature_context
+from whisper_lora_pl.model import BaseDtype, LoraSettings, Quantization, load_base
 
 #: what an exported folder says about the run that made it (read by transcribe)
 RUN_FILE = "whisper-lora-pl.json"
@@ -43,6 +45,8 @@ class RunInfo:
 
     model_name: str
     quantization: Quantization = "none"
+    base_dtype: BaseDtype = "float32"
+    context_seconds: float = 30.0
     language: str | None = None
     task: str | None = None
     num_beams: int = 1
@@ -55,6 +59,8 @@ class RunInfo:
         return cls(
             model_name=hparams["model_name"],
             quantization=hparams.get("quantization", "none"),
+            base_dtype=hparams.get("base_dtype", "float32"),
+            context_seconds=hparams.get("context_seconds", 30.0),
             language=hparams.get("language"),
             task=hparams.get("task"),
             num_beams=hparams.get("num_beams", 1),
@@ -86,13 +92,11 @@ class RunInfo:
         return config
 
 
-def trained_base(
-    model_name: str, quantization: Quantization, device: torch.device | str = "cpu"
-) -> WhisperForConditionalGeneration:
-    """The base as the adapters saw it in training: quantized the same way, then dequantized to float32."""
-    base = load_base(model_name, quantization, device)
-    if quantization != "none":
-        base = base.dequantize(dtype=torch.float32)
+def trained_base(info: RunInfo, device: torch.device | str = "cpu") -> WhisperForConditionalGeneration:
+    """The base as the adapters saw it in training (quantized or in ``base_dtype``, with the trained encoder
+    context), then in float32: dequantized, or cast (exact from bfloat16 / float16)."""
+    base = load_base(info.model_name, info.quantization, device, info.context_seconds, info.base_dtype)
+    base = base.dequantize(dtype=torch.float32) if info.quantization != "none" else base.float()
     return base.eval()
 
 
@@ -101,7 +105,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tup
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     hparams = dict(checkpoint["hyper_parameters"])
     info = RunInfo.from_hparams(hparams)
-    base = trained_base(info.model_name, info.quantization, device)
+    base = trained_base(info, device)
     model = get_peft_model(base, LoraSettings(**hparams["lora"]).peft_config())
     adapters = {key.removeprefix("model."): value for key, value in checkpoint["state_dict"].items()}
     expected = {name for name, param in model.named_parameters() if param.requires_grad}
@@ -114,6 +118,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tup
 def processor_for(info: RunInfo) -> WhisperProcessor:
     processor = WhisperProcessor.from_pretrained(resolve_model_name(info.model_name))
     processor.tokenizer.set_prefix_tokens(language=info.language, task=info.task, predict_timestamps=False)
+    set_feature_context(processor.feature_extractor, info.context_seconds)
     return processor
 
 
@@ -122,9 +127,17 @@ def export(
     out: str | Path,
     parts: tuple[str, ...] = ("adapter", "merged"),
     dtype: str = "float32",
+    ctranslate2: str | None = None,
 ) -> dict[str, Path]:
     """Write ``out/adapter`` (adapter_config.json, adapter_model.safetensors) and/or ``out/merged`` (a plain
-    ``WhisperForConditionalGeneration`` in ``dtype`` that decodes like the evaluation), each with the processor."""
+    ``WhisperForConditionalGeneration`` in ``dtype`` that decodes like the evaluation), each with the processor;
+    with ``ctranslate2`` (a weight type such as ``int8``) also ``out/ctranslate2`` for faster-whisper, converted
+    from the same merged weights."""
+    if ctranslate2 and "merged" not in parts:
+        with tempfile.TemporaryDirectory() as scratch:  # the CTranslate2 folder is made from the merged one
+            merged = export(checkpoint, scratch, ("merged",), dtype)["merged"]
+            written = export(checkpoint, out, parts, dtype) if parts else {}
+            return written | {"ctranslate2": _ctranslate2(merged, Path(out), ctranslate2)}
     model, info = load_checkpoint(checkpoint)
     processor = processor_for(info)
     written = {}
@@ -143,7 +156,15 @@ def export(
         processor.save_pretrained(folder)
         info.write(folder)
         (folder / "README.md").write_text(model_card(info, "merged"), encoding="utf-8")
+        if ctranslate2:
+            written["ctranslate2"] = _ctranslate2(folder, Path(out), ctranslate2)
     return written
+
+
+def _ctranslate2(merged: Path, out: Path, quantization: str) -> Path:
+    from whisper_lora_pl.deploy import to_ctranslate2  # the deploy extra, imported only when asked for
+
+    return to_ctranslate2(merged, out / "ctranslate2", quantization)
 
 
 def pipeline_kwargs(info: RunInfo) -> dict:
@@ -160,7 +181,8 @@ def model_card(info: RunInfo, part: str) -> str:
     lines = [
         f"# Whisper fine-tuned with LoRA ({part})",
         "",
-        f"- base model: `{info.model_name}`, trained as {quantized[info.quantization]}",
+        f"- base model: `{info.model_name}`, trained as {quantized[info.quantization]}, encoder context "
+        f"{info.context_seconds:g} s (Whisper: 30)",
         f"- language: `{info.language}`, task: `{info.task}`, no timestamp tokens (`<|notimestamps|>`)",
         f"- evaluated decoding: {info.num_beams} beam(s), at most {info.max_new_tokens} tokens and "
         f"{d.min_tokens} + {d.tokens_per_second:g} per second of audio, loop guard (compression ratio > "
@@ -193,6 +215,21 @@ def model_card(info: RunInfo, part: str) -> str:
             f'text = pipeline(audio, max_new_tokens=255, generate_kwargs={pipeline_kwargs(info)!r})["text"]',
             "```",
         ]
+        if info.context_seconds < 30:
+            seconds = f"{info.context_seconds:g}"
+            lines += [
+                "",
+                f"This model was trained with a {seconds} s encoder context: give the base the same context before "
+                "`PeftModel.from_pretrained`, and take the processor (its feature extractor pads to "
+                f"{seconds} s) from THIS_FOLDER instead of the base:",
+                "",
+                "```python",
+                "from whisper_lora_pl.model import set_context",
+                "",
+                f"set_context(base_model, {seconds})",
+                'processor = AutoProcessor.from_pretrained("THIS_FOLDER")',
+                "```",
+            ]
     return "\n".join(lines) + "\n"
 
 
@@ -202,9 +239,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out", type=Path, help="folder that receives adapter/ and merged/")
     parser.add_argument("--only", choices=["adapter", "merged"], help="write just one of the two")
     parser.add_argument("--dtype", choices=list(DTYPES), default="float32", help="weights of the merged model")
+    parser.add_argument(
+        "--ctranslate2",
+        choices=["int8", "int8_float16", "int8_float32", "float16", "bfloat16", "float32"],
+        help="also write OUT/ctranslate2 for faster-whisper, with these weights (needs the deploy extra)",
+    )
     args = parser.parse_args(argv)
     parts = (args.only,) if args.only else ("adapter", "merged")
-    for part, folder in export(args.checkpoint, args.out, parts, args.dtype).items():
+    for part, folder in export(args.checkpoint, args.out, parts, args.dtype, args.ctranslate2).items():
         print(f"{part}: {folder}")
 
 

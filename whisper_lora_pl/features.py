@@ -30,3 +30,11 @@ def log_mel(extractor: WhisperFeatureExtractor, wave: np.ndarray) -> np.ndarray:
     features = np.full((extractor.feature_size, extractor.nb_max_frames), silent, dtype=np.float32)
     features[:, : head.shape[1]] = head
     return features
+
+
+def set_feature_context(extractor: WhisperFeatureExtractor, seconds: float) -> WhisperFeatureExtractor:
+    """Make ``extractor`` pad and cut to ``seconds`` (what ``chunk_length`` does at construction)."""
+    extractor.chunk_length = seconds if seconds != int(seconds) else int(seconds)
+    extractor.n_samples = int(seconds * extractor.sampling_rate)
+    extractor.nb_max_frames = extractor.n_samples // extractor.hop_length
+    return extractor

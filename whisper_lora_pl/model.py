@@ -13,6 +13,10 @@ from transformers import BitsAndBytesConfig, WhisperForConditionalGeneration
 from whisper_lora_pl.convert import resolve_model_name
 
 Quantization = Literal["int8", "nf4", "none"]
+BaseDtype = Literal["float32", "bfloat16", "float16"]
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: encoder positions per second of audio: 100 mel frames, halved by the second convolution
+POSITIONS_PER_SECOND = 50
 
 
 def _not_the_int8_cast_notice(record: logging.LogRecord) -> bool:
@@ -63,19 +67,46 @@ def quantization_config(quantization: Quantization) -> BitsAndBytesConfig | None
 
 
 def load_base(
-    model_name: str, quantization: Quantization = "int8", device: torch.device | str = "cpu"
+    model_name: str,
+    quantization: Quantization = "int8",
+    device: torch.device | str = "cpu",
+    context_seconds: float = 30.0,
+    base_dtype: BaseDtype = "float32",
 ) -> WhisperForConditionalGeneration:
-    """The base model, quantized on ``device`` (explicit ``device_map``: ``"auto"`` would spread it and break DDP)."""
+    """The base model, quantized on ``device`` (explicit ``device_map``: ``"auto"`` would spread it and break DDP),
+    with an encoder context of ``context_seconds``. ``base_dtype`` is the unquantized base's weight type (with
+    int8/nf4 the layers that stay unquantized are float32)."""
     if quantization == "int8":
         bnb_log = logging.getLogger("bitsandbytes.autograd._functions")
         if _not_the_int8_cast_notice not in bnb_log.filters:
             bnb_log.addFilter(_not_the_int8_cast_notice)
-    return WhisperForConditionalGeneration.from_pretrained(
+    model = WhisperForConditionalGeneration.from_pretrained(
         resolve_model_name(model_name),
         quantization_config=quantization_config(quantization),
         device_map={"": torch.device(device)},
-        dtype=torch.float32,
+        dtype=DTYPES[base_dtype] if quantization == "none" else torch.float32,
     )
+    return set_context(model, context_seconds)
+
+
+def set_context(model: WhisperForConditionalGeneration, seconds: float) -> WhisperForConditionalGeneration:
+    """Whisper with an encoder context of ``seconds`` (30 = Whisper's own): the encoder's positions are fixed
+    sinusoids whose first K rows do not depend on how many there are, so keeping K of them *is* Whisper with a
+    K-frame context; the feature extractor must pad to the same length (``features.set_feature_context``)."""
+    positions = round(seconds * POSITIONS_PER_SECOND)
+    encoder = model.get_encoder()
+    table = encoder.embed_positions
+    if positions > table.num_embeddings:
+        raise ValueError(f"context_seconds {seconds:g} is longer than the model's {table.num_embeddings // 50} s")
+    if positions < table.num_embeddings:
+        weight = table.weight
+        shorter = torch.nn.Embedding(positions, table.embedding_dim, device=weight.device, dtype=weight.dtype)
+        shorter.weight.data.copy_(table.weight.data[:positions])
+        shorter.requires_grad_(False)
+        encoder.embed_positions = shorter
+        encoder.max_source_positions = positions
+        model.config.max_source_positions = positions
+    return model
 
 
 def build_whisper_lora(
@@ -85,6 +116,8 @@ def build_whisper_lora(
     device: torch.device | str = "cpu",
     gradient_checkpointing: bool = True,
     reentrant_checkpointing: bool = False,
+    context_seconds: float = 30.0,
+    base_dtype: BaseDtype = "float32",
 ) -> PeftModel:
     """Quantized base, frozen and prepared for k-bit training, with trainable fp32 LoRA adapters.
 
@@ -94,8 +127,11 @@ def build_whisper_lora(
     (checked by a test): with bitsandbytes int8 it saves much more memory, because ``MatMul8bitLt`` keeps its
     quantized activations on ``ctx``, out of reach of the saved-tensor hooks non-reentrant checkpointing relies on.
     """
-    model = load_base(model_name, quantization, device)
-    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)  # freeze, norms in fp32
+    model = load_base(model_name, quantization, device, context_seconds, base_dtype)
+    if quantization == "none":  # peft's preparation would cast a bfloat16 / float16 base to float32
+        model.requires_grad_(False)
+    else:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)  # freeze, norms in fp32
     if gradient_checkpointing:
         model.config.use_cache = False
         kwargs = {"use_reentrant": reentrant_checkpointing}

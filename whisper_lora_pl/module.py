@@ -18,9 +18,16 @@ from transformers import WhisperProcessor
 
 from whisper_lora_pl.collate import IGNORE_INDEX
 from whisper_lora_pl.convert import resolve_model_name
-from whisper_lora_pl.decode import WINDOW_SECONDS, Decoded, Decoder, DecodingSettings
+from whisper_lora_pl.decode import Decoded, Decoder, DecodingSettings
 from whisper_lora_pl.dist import gather_objects
-from whisper_lora_pl.model import LoraSettings, Quantization, build_whisper_lora, count_parameters
+from whisper_lora_pl.features import set_feature_context
+from whisper_lora_pl.model import (
+    BaseDtype,
+    LoraSettings,
+    Quantization,
+    build_whisper_lora,
+    count_parameters,
+)
 from whisper_lora_pl.rng import gather_rng_states, set_rng_states
 from whisper_lora_pl.text import ErrorRates
 
@@ -49,7 +56,13 @@ class WhisperLoRA(L.LightningModule):
         model_name: hub name or local folder of a Whisper checkpoint.
         language: language of the transcripts (``zh``), or None for English-only models.
         task: ``transcribe`` or ``translate``, or None for English-only models.
-        quantization: how the frozen base is stored: ``int8`` (LLM.int8), ``nf4`` (4-bit) or ``none`` (fp32).
+        quantization: how the frozen base is stored: ``int8`` (LLM.int8), ``nf4`` (4-bit) or ``none``
+            (unquantized, in ``base_dtype``).
+        base_dtype: weight type of an unquantized base: ``bfloat16`` is the fast GPU choice when its memory allows
+            (LoRA weights stay float32, and precision stays ``bf16-mixed``); ignored with int8 / nf4.
+        context_seconds: seconds of audio the encoder sees (Whisper: 30). Shorter means less encoder work on short
+            clips (Common Voice's are 3-6 s) but needs fine-tuning to work; features, the duration filter,
+            decoding, export and transcribe all follow it.
         lora: LoRA rank, alpha, dropout, target modules and bias (a frozen dataclass: safe as a default).
         gradient_checkpointing: recompute activations in backward (non-reentrant) to save memory.
         reentrant_checkpointing: checkpoint reentrantly instead, with input hooks that keep the encoder's adapters
@@ -72,6 +85,8 @@ class WhisperLoRA(L.LightningModule):
         language: str | None = "zh",
         task: Literal["transcribe", "translate"] | None = "transcribe",
         quantization: Quantization = "int8",
+        base_dtype: BaseDtype = "float32",
+        context_seconds: float = 30.0,
         lora: LoraSettings = LoraSettings(),
         gradient_checkpointing: bool = True,
         reentrant_checkpointing: bool = False,
@@ -125,11 +140,14 @@ class WhisperLoRA(L.LightningModule):
             self._target_device(),
             hp.gradient_checkpointing,
             hp.reentrant_checkpointing,
+            hp.context_seconds,
+            hp.base_dtype,
         )
         # from_pretrained returns eval mode and Lightning (>= 2.2) keeps each submodule's mode: without this,
         # training would silently run with gradient checkpointing and LoRA dropout off
         self.model.train()
         self.processor = WhisperProcessor.from_pretrained(resolve_model_name(hp.model_name))
+        set_feature_context(self.processor.feature_extractor, hp.context_seconds)
         self.decoder = Decoder(
             self.model, self.processor.tokenizer, hp.language, hp.task, hp.num_beams, hp.max_new_tokens, self.decoding
         )
@@ -166,7 +184,7 @@ class WhisperLoRA(L.LightningModule):
         """The shared decoding (``whisper_lora_pl.decode``): trained prompt, budget from each clip's seconds of
         audio (a full window when not given), loop guard."""
         if durations is None:
-            durations = [WINDOW_SECONDS] * len(input_features)
+            durations = [self.hparams.context_seconds] * len(input_features)
         return self.decoder(input_features, durations)
 
     def transcribe(self, input_features: torch.Tensor, durations: list[float] | None = None) -> list[str]:

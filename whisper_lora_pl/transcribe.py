@@ -34,7 +34,7 @@ from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
 from whisper_lora_pl.audio import AUDIO_SUFFIXES, SAMPLING_RATE, AudioError, load_audio
 from whisper_lora_pl.convert import resolve_model_name
-from whisper_lora_pl.decode import WINDOW_SECONDS, Decoder
+from whisper_lora_pl.decode import Decoder
 from whisper_lora_pl.export import DTYPES, RunInfo, load_checkpoint, processor_for, trained_base
 from whisper_lora_pl.features import log_mel
 from whisper_lora_pl.segments import Segment, split
@@ -76,7 +76,7 @@ def load_model(
             info = RunInfo(model or PeftConfig.from_pretrained(adapter).base_model_name_or_path)
         elif model:
             info = replace(info, model_name=model)
-        base = trained_base(info.model_name, info.quantization, device)
+        base = trained_base(info, device)
         merged = PeftModel.from_pretrained(base, adapter).merge_and_unload()
         return merged, WhisperProcessor.from_pretrained(adapter), info
     if not model:
@@ -118,11 +118,18 @@ def transcribe(
     decoder: Decoder,
     feature_extractor,
     batch_size: int = 8,
-    max_segment: float = WINDOW_SECONDS,
+    max_segment: float | None = None,
     group: int = 32,
 ) -> Transcripts:
-    """Decode every readable file. Pieces are decoded ``batch_size`` at a time, longest first within each group
-    of ``group`` batches (similar lengths finish together; a group's features are about 1 MB a piece)."""
+    """Decode every readable file, in pieces of at most ``max_segment`` seconds (by default the model's encoder
+    context, which the feature extractor pads to). Pieces are decoded ``batch_size`` at a time, longest first
+    within each group of ``group`` batches (similar lengths finish together; a group's features are about 1 MB a
+    piece at 30 s)."""
+    context = feature_extractor.n_samples / feature_extractor.sampling_rate
+    if max_segment is None:
+        max_segment = context
+    if not 0 < max_segment <= context:
+        raise ValueError(f"max_segment must be in (0, {context:g}]: the model's encoder sees {context:g} s")
     result = Transcripts()
     readable: list[tuple[Path, float]] = []
     chunks_of: list[list[dict]] = []
@@ -223,17 +230,14 @@ def main(argv: list[str] | None = None) -> int:
         "--chunk-length",
         dest="max_segment",
         type=float,
-        default=WINDOW_SECONDS,
-        help="longest piece decoded at once, in seconds; longer files are cut at pauses (lower it for shorter "
-        "subtitle cues)",
+        help="longest piece decoded at once, in seconds (default: the model's encoder context, 30 for Whisper); "
+        "longer files are cut at pauses (lower it for shorter subtitle cues)",
     )
     parser.add_argument("--stride", type=float, help="ignored (kept for old scripts): pieces are cut at pauses")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--dtype", choices=list(DTYPES), help="cast the model (e.g. float16 on a GPU)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    if not 0 < args.max_segment <= WINDOW_SECONDS:
-        parser.error(f"--max-segment must be in (0, {WINDOW_SECONDS:g}]: Whisper's encoder sees {WINDOW_SECONDS:g} s")
     files = find_audio(args.inputs)
     model, processor, info = load_model(args.model, args.adapter, args.checkpoint, args.device)
     if args.dtype:

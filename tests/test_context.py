@@ -1,0 +1,111 @@
+"""A shorter encoder context and an unquantized bfloat16 base: the model, the features, the data filter,
+export and transcribe all follow the setting."""
+
+import numpy as np
+import pytest
+import torch
+from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperProcessor, pipeline
+
+from tests.conftest import REPO, make_cv_release, write_clip
+from whisper_lora_pl.audio import load_audio
+from whisper_lora_pl.cli import main
+from whisper_lora_pl.export import RunInfo, export
+from whisper_lora_pl.features import log_mel, set_feature_context
+from whisper_lora_pl.model import build_whisper_lora, count_parameters, set_context
+from whisper_lora_pl.transcribe import decoder_for, load_model, transcribe
+
+
+def test_a_shorter_context_is_whisper_with_the_first_positions(tiny_model):
+    model = WhisperForConditionalGeneration.from_pretrained(tiny_model).eval()
+    full = model.get_encoder().embed_positions.weight.clone()
+    set_context(model, 10.0)
+    encoder = model.get_encoder()
+    assert encoder.embed_positions.num_embeddings == 500 == model.config.max_source_positions
+    assert torch.equal(encoder.embed_positions.weight, full[:500]) and not encoder.embed_positions.weight.requires_grad
+    with torch.no_grad():
+        assert encoder(torch.zeros(1, 80, 1000)).last_hidden_state.shape == (1, 500, 64)
+        with pytest.raises(ValueError, match="length 1000"):
+            encoder(torch.zeros(1, 80, 3000))
+    with pytest.raises(ValueError, match="longer than the model's 10 s"):
+        set_context(model, 15.0)
+
+
+def test_features_for_a_shorter_context_are_the_first_frames_of_whisper_s():
+    wave = load_audio(REPO / "tests" / "assets" / "en_stella.flac")  # 5.2 s
+    thirty = log_mel(WhisperFeatureExtractor(), wave)
+    fifteen = log_mel(set_feature_context(WhisperFeatureExtractor(), 15.0), wave)
+    assert fifteen.shape == (80, 1500) and np.array_equal(fifteen, thirty[:, :1500])
+
+
+@pytest.fixture(scope="module")
+def short_run(tiny_model, tmp_path_factory):
+    """A 10 s context run on a corpus with a 12 s clip, and its export."""
+    root = tmp_path_factory.mktemp("context")
+    splits = {"train": ["今天天气很好", "我们去公园散步"], "test": ["明天见", "他喜欢喝茶"]}
+    corpus = make_cv_release(root / "cv", splits)
+    write_clip(corpus / "zh-CN" / "clips" / "common_voice_zh-CN_train_1.mp3", seconds=12.0)
+    cli = main(
+        [
+            "fit",
+            "--config",
+            str(REPO / "configs" / "tiny-cpu.yaml"),
+            f"--model.model_name={tiny_model}",
+            f"--data.source.init_args.root={corpus}",
+            "--data.val_split=test",
+            f"--trainer.default_root_dir={root / 'run'}",
+            "--model.context_seconds=10",
+            "--trainer.max_steps=2",
+        ]
+    )
+    (checkpoint,) = (root / "run").glob("**/checkpoints/*.ckpt")
+    return cli, export(checkpoint, root / "out"), corpus
+
+
+def test_a_short_context_run_trains_filters_and_exports(short_run):
+    cli, written, corpus = short_run
+    assert cli.datamodule.prepared["train"].skipped == {"audio over 10 s": 1}
+    batch = next(iter(cli.datamodule.val_dataloader()))
+    assert batch["input_features"].shape[-1] == 1000
+    assert cli.model.model.get_encoder().embed_positions.num_embeddings == 500
+
+    merged = WhisperForConditionalGeneration.from_pretrained(written["merged"])
+    processor = WhisperProcessor.from_pretrained(written["merged"])
+    assert merged.config.max_source_positions == 500 and processor.feature_extractor.nb_max_frames == 1000
+    assert RunInfo.read(written["adapter"]).context_seconds == 10.0
+    assert "set_context(base_model, 10)" in (written["adapter"] / "README.md").read_text()
+
+    clips = sorted((corpus / "zh-CN" / "clips").glob("*test*.mp3"))
+    asr = pipeline("automatic-speech-recognition", model=str(written["merged"]), device="cpu")
+    piped = [asr({"raw": load_audio(c), "sampling_rate": 16_000})["text"] for c in clips]
+    for mode in ("model", "adapter"):
+        model, proc, info = load_model(**{mode: str(written["merged" if mode == "model" else "adapter"])})
+        assert model.config.max_source_positions == 500
+        result = transcribe(clips, decoder_for(model, proc, info), proc.feature_extractor)
+        assert [r["text"] for r in result.records] == [t.strip() for t in piped]
+        with pytest.raises(ValueError, match="encoder sees 10 s"):
+            transcribe(clips, decoder_for(model, proc, info), proc.feature_extractor, max_segment=30.0)
+
+
+def test_an_unquantized_bfloat16_base_keeps_its_type_and_trains_float32_adapters(tiny_model, cv_release, tmp_path):
+    model = build_whisper_lora(tiny_model, "none", base_dtype="bfloat16")
+    assert model.get_base_model().model.encoder.layers[0].fc1.weight.dtype == torch.bfloat16
+    assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
+    assert count_parameters(model)[0] == 12_288  # the same adapters as on an int8 base
+    cli = main(
+        [
+            "fit",
+            "--config",
+            str(REPO / "configs" / "tiny-cpu.yaml"),
+            f"--model.model_name={tiny_model}",
+            f"--data.source.init_args.root={cv_release}",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--model.quantization=none",
+            "--model.base_dtype=bfloat16",
+            "--trainer.precision=bf16-mixed",
+            "--trainer.max_steps=2",
+        ]
+    )
+    trained = cli.model.model
+    assert trained.get_base_model().model.decoder.layers[0].fc1.weight.dtype == torch.bfloat16
+    assert {p.dtype for p in trained.parameters() if p.requires_grad} == {torch.float32}
+    assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
