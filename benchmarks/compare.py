@@ -5,6 +5,8 @@
 Both sides get the same model folder, corpus (the demo corpus, Common Voice layout), batch size, steps, learning
 rate, warmup, seed, CPU threads and generation length; both use int8 + LoRA r=8 alpha=64 on q_proj/v_proj with
 reentrant gradient checkpointing (the tutorial's peft defaults; ours opts in with reentrant_checkpointing).
+Settings of ours that the tutorial does not have: ``--context-seconds`` (the encoder's context, README: Speed)
+and ``--ours ours ours-nockpt`` (also run ours without gradient checkpointing; each variant against theirs).
 Each run is a fresh process (so peak memory and start-up are its own), alternating ours
 and theirs; ours starts its DataLoader workers' server first thing, as ``train.py`` does. Measured per run:
 - time to first batch: process start to the start of the first training step (imports, data preparation, model
@@ -64,13 +66,15 @@ def run_ours(t0: float, a: argparse.Namespace, out: Path) -> dict:
 
     # the Seq2SeqTrainer's defaults: no weight decay (torch's AdamW has 0.01), gradients clipped at norm 1
     optimizer = lambda params: torch.optim.AdamW(params, lr=a.lr, weight_decay=0.0)  # noqa: E731
-    # reentrant checkpointing: what the tutorial's prepare_model_for_kbit_training defaults give (identical work)
+    # reentrant checkpointing: what the tutorial's prepare_model_for_kbit_training defaults give (identical work);
+    # "ours-nockpt" keeps the activations instead (faster, more memory: the peak is in the table)
     module = WhisperLoRA(
         a.model,
         "zh",
         "transcribe",
         "int8",
         context_seconds=a.context_seconds,
+        gradient_checkpointing=a.impl != "ours-nockpt",
         reentrant_checkpointing=True,
         optimizer=optimizer,
         warmup_steps=a.warmup,
@@ -128,7 +132,7 @@ def run_ours(t0: float, a: argparse.Namespace, out: Path) -> dict:
 def child(a: argparse.Namespace) -> None:
     """One measured run, in this process; prints its result as the last line."""
     t0 = time.perf_counter() - (time.time() - a.started)  # count from the moment the parent launched us
-    if a.impl == "ours" and a.workers > 0:  # what train.py does first thing
+    if a.impl != "theirs" and a.workers > 0:  # what train.py does first thing
         from whisper_lora_pl.workers import start_worker_server
 
         start_worker_server()
@@ -139,7 +143,7 @@ def child(a: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix=f"bench-{a.impl}-"))
     cache = work / "datasets-cache"
     cache.mkdir()
-    if a.impl == "ours":
+    if a.impl != "theirs":
         result = run_ours(t0, a, work / "run")
     else:
         sys.path.insert(0, str(REPO / "benchmarks"))
@@ -255,11 +259,19 @@ def main() -> None:
         help="after the evaluation, time a second one generating exactly --max-new-tokens per clip on both sides: "
         "the speed of the pipelines, not of what each trained model happens to say",
     )
+    parser.add_argument(
+        "--ours",
+        nargs="+",
+        choices=["ours", "ours-nockpt"],
+        default=["ours"],
+        help="our variants, each run against theirs: ours (reentrant gradient checkpointing, as the tutorial) and "
+        "ours-nockpt (no checkpointing: no recomputation, more memory)",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--replicate", type=int, default=1, help="repeat the training rows N times (corpus size)")
     parser.add_argument("--json", type=Path, help="also write every run's summary here")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--impl", choices=["ours", "theirs"], help=argparse.SUPPRESS)
+    parser.add_argument("--impl", choices=["ours", "ours-nockpt", "theirs"], help=argparse.SUPPRESS)
     parser.add_argument("--started", type=float, help=argparse.SUPPRESS)
     a = parser.parse_args()
     if a.child:
@@ -273,11 +285,12 @@ def main() -> None:
     passthrough = [
         f"--{k.replace('_', '-')}" + ("" if v is True else f"={v}")
         for k, v in vars(a).items()
-        if k not in ("child", "impl", "started", "repeats", "json", "replicate", "seed") and v not in (None, False)
+        if k not in ("child", "impl", "started", "repeats", "json", "replicate", "seed", "ours")
+        and v not in (None, False)
     ]
-    runs: dict[str, list[dict]] = {"ours": [], "theirs": []}
+    runs: dict[str, list[dict]] = {impl: [] for impl in [*a.ours, "theirs"]}
     for repeat in range(a.repeats):
-        for impl in ("ours", "theirs") if repeat % 2 == 0 else ("theirs", "ours"):
+        for impl in list(runs) if repeat % 2 == 0 else list(runs)[::-1]:
             # repeat k trains both with seed + k: the spread of loss and CER over seeds is the noise they agree within
             args = [*passthrough, f"--impl={impl}", f"--seed={a.seed + repeat}"]
             summary = summarize(measure(args), a.warm, a.batch)
@@ -288,13 +301,21 @@ def main() -> None:
         f"\nmodel {a.model}, {train_rows} training rows, {a.steps} steps of batch {a.batch}, "
         f"{a.repeats} runs each, {os.cpu_count()} CPUs, medians:"
     )
-    print("| metric | ours | theirs | ours / theirs |\n|---|---|---|---|")
-    for key in runs["ours"][0]:
-        ours = statistics.median(r[key] for r in runs["ours"])
+    print(
+        "| metric | "
+        + " | ".join(a.ours)
+        + " | theirs | "
+        + " | ".join(f"{o} / theirs" for o in a.ours)
+        + " |\n"
+        + "|---" * (2 + 2 * len(a.ours))
+        + "|"
+    )
+    keys = list(runs["theirs"][0])
+    for key in keys:
         theirs = statistics.median(r[key] for r in runs["theirs"])
-        ratio = f"{ours / theirs:.3f}" if theirs else ("0 (none written)" if not ours else "n/a")
-        print(f"| {key} | {ours:.4g} | {theirs:.4g} | {ratio} |")
-    keys = list(runs["ours"][0])
+        ours = [statistics.median(r[key] for r in runs[o]) for o in a.ours]
+        ratios = [f"{v / theirs:.3f}" if theirs else ("0 (none written)" if not v else "n/a") for v in ours]
+        print(f"| {key} | " + " | ".join(f"{v:.4g}" for v in ours) + f" | {theirs:.4g} | " + " | ".join(ratios) + " |")
     print("\nevery run:\n| run | " + " | ".join(keys) + " |\n" + "|---" * (len(keys) + 1) + "|")
     for impl, results in runs.items():
         for number, summary in enumerate(results, 1):
