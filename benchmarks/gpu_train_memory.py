@@ -14,7 +14,6 @@ checkpointing. Needs CUDA; prints one row per setting with the device's name.
 from __future__ import annotations
 
 import argparse
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
-from transformers import WhisperConfig, WhisperForConditionalGeneration
+from transformers import WhisperConfig, WhisperForConditionalGeneration, WhisperProcessor
 
 from whisper_lora_pl.module import WhisperLoRA
 
@@ -82,8 +81,9 @@ def make_model_folder(processor: Path) -> Path:
     model.save_pretrained(folder)
     del model
     torch.cuda.empty_cache()
-    for item in processor.iterdir():
-        shutil.copy(item, folder / item.name)
+    # the processor's files only: a converted model folder also holds config.json and weights, which would
+    # replace the whisper-large-v2 shape
+    WhisperProcessor.from_pretrained(processor).save_pretrained(folder)
     return folder
 
 
