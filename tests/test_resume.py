@@ -175,14 +175,31 @@ def test_a_signal_during_training_leaves_a_resumable_checkpoint(tiny_model, cv_r
         f"--trainer.default_root_dir={tmp_path}",
     ]
     last = tmp_path / "checkpoints" / "last.ckpt"
-    process = train_py("fit", *args, "--trainer.max_steps=100000", "--trainer.max_epochs=-1", cwd=tmp_path, wait=False)
+    # a checkpoint after every step says that training runs: a fixed sleep did not, on a loaded machine
+    steps = tmp_path / "steps"
+    every_step = tmp_path / "every-step.yaml"
+    every_step.write_text(
+        (tmp_path / "checkpointing.yaml").read_text()
+        + f"    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
+        f"      init_args: {{dirpath: {steps}, every_n_train_steps: 1, save_top_k: -1}}\n"
+    )
+    process = train_py(
+        "fit",
+        *args,
+        "--config",
+        str(every_step),
+        "--trainer.max_steps=100000",
+        "--trainer.max_epochs=-1",
+        cwd=tmp_path,
+        wait=False,
+    )
     try:
-        deadline = time.time() + 120
-        while not (tmp_path / "lightning_logs").exists() and time.time() < deadline:
+        deadline = time.time() + 300
+        while not any(steps.glob("*.ckpt")) and process.poll() is None and time.time() < deadline:
             time.sleep(0.2)
-        time.sleep(4)  # the model is loaded and steps are running
+        assert any(steps.glob("*.ckpt")), "training never started"
         process.send_signal(signum)
-        _, stderr = process.communicate(timeout=120)
+        _, stderr = process.communicate(timeout=300)
     finally:
         process.kill()
     assert process.returncode == exit_code, stderr[-3000:]
