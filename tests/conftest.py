@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,12 +20,26 @@ REPO = Path(__file__).resolve().parent.parent
 SENTENCES = ["今天天气很好", "我们去公园散步", "这是一个测试", "请把门关上", "他喜欢喝茶", "明天见"]
 
 
+def _default_sigint() -> None:
+    """In the child: SIGINT as in a terminal. A test suite started in the background of a script (``cmd &``)
+    inherits SIGINT ignored, and so would train.py: a signal test would then wait for an exit that never comes."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def train_py(*args: str, cwd: Path, wait: bool = True) -> subprocess.CompletedProcess | subprocess.Popen:
     """``python train.py ...`` in a fresh process, as a user (or a launcher) runs it."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, str(REPO / "train.py"), *args]
     if not wait:
-        return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=_default_sigint,
+        )
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
