@@ -43,6 +43,19 @@ def train_py(*args: str, cwd: Path, wait: bool = True) -> subprocess.CompletedPr
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
+def tiny_args(model: str | Path, corpus: Path, folder: Path, *extra: str) -> list[str]:
+    """``--config configs/tiny-cpu.yaml`` with a tiny model, a corpus and a run folder: the arguments (after the
+    subcommand) of every test that trains or evaluates the tiny model through the CLI."""
+    return [
+        "--config",
+        str(REPO / "configs" / "tiny-cpu.yaml"),
+        f"--model.model_name={model}",
+        f"--data.source.init_args.root={corpus}",
+        f"--trainer.default_root_dir={folder}",
+        *extra,
+    ]
+
+
 def tone(seconds: float, rate: int, channels: int = 1, freq: float = 440.0) -> np.ndarray:
     """A quiet sine with a little noise: decodable, deterministic audio of a known length."""
     t = np.arange(int(seconds * rate)) / rate
@@ -76,6 +89,15 @@ def make_cv_release(root: Path, splits: dict[str, list[str]], locale: str = "zh-
             rows.append({"client_id": f"c{i}", "path": name, "sentence": sentence, "locale": locale})
         write_tsv(folder / f"{split}.tsv", rows)
     return root
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--demo-context",
+        type=float,
+        default=30.0,
+        help="encoder context (model.context_seconds) of the slow demo and take-home checks; configs/demo.yaml: 30",
+    )
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, tiny_args
 from whisper_lora_pl.cli import WhisperCLI, main
 from whisper_lora_pl.data import WhisperDataModule
 from whisper_lora_pl.module import WhisperLoRA
@@ -66,11 +66,7 @@ def test_fit_int8_on_cpu_end_to_end(tiny_model, cv_release, tmp_path):
     cli = main(
         [
             "fit",
-            "--config",
-            str(REPO / "configs" / "tiny-cpu.yaml"),
-            f"--model.model_name={tiny_model}",
-            f"--data.source.init_args.root={cv_release}",
-            f"--trainer.default_root_dir={tmp_path}",
+            *tiny_args(tiny_model, cv_release, tmp_path),
             "--trainer.max_steps=8",
             "--trainer.overfit_batches=1",
             "--trainer.logger=CSVLogger",

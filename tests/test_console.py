@@ -3,7 +3,7 @@
 import re
 from collections import Counter
 
-from tests.conftest import REPO, train_py
+from tests.conftest import tiny_args, train_py
 
 
 def test_a_fit_prints_no_line_per_batch_and_leaves_tensorboard_csv_and_curves(tiny_model, cv_release, tmp_path):
@@ -11,11 +11,7 @@ def test_a_fit_prints_no_line_per_batch_and_leaves_tensorboard_csv_and_curves(ti
     printed per batch would appear 6 times or more; what the run reports per evaluation may appear 4 times."""
     run = train_py(
         "fit",
-        "--config",
-        str(REPO / "configs" / "tiny-cpu.yaml"),
-        f"--model.model_name={tiny_model}",
-        f"--data.source.init_args.root={cv_release}",
-        f"--trainer.default_root_dir={tmp_path}",
+        *tiny_args(tiny_model, cv_release, tmp_path),
         "--trainer.max_steps=6",
         "--trainer.limit_val_batches=2",
         "--data.eval_batch_size=1",

@@ -23,6 +23,7 @@ from whisper_lora_pl.cli import main
 from whisper_lora_pl.decode import compression_ratio
 from whisper_lora_pl.deploy import faster_whisper_kwargs
 from whisper_lora_pl.export import RunInfo, export, pipeline_kwargs
+from whisper_lora_pl.model import set_context
 from whisper_lora_pl.text import ErrorRates
 from whisper_lora_pl.transcribe import decoder_for, load_model, transcribe
 
@@ -44,9 +45,11 @@ class EvaluationClock(Callback):
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    """configs/demo.yaml as the README runs it (one epoch, 20 steps of 8 clips), keeping last.ckpt."""
+def demo(tmp_path_factory, request):
+    """configs/demo.yaml as the README runs it (one epoch, 20 steps of 8 clips), keeping last.ckpt; at the encoder
+    context of ``--demo-context`` (30 s unless given)."""
     folder = tmp_path_factory.mktemp("demo")
+    context = request.config.getoption("--demo-context")
     last_only = folder / "last-only.yaml"
     last_only.write_text(
         "trainer:\n  callbacks:\n    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
@@ -61,6 +64,7 @@ def demo(tmp_path_factory):
             str(last_only),
             f"--data.source.init_args.root={CORPUS}",
             f"--trainer.default_root_dir={folder}",
+            f"--model.context_seconds={context:g}",
         ],
         run=False,
     )
@@ -96,7 +100,8 @@ def cer(hypotheses: list[str], references: list[str]) -> float:
 def tutorial_section_6(adapter_dir: Path, clips: list[Path], generate_kwargs: dict) -> list[str]:
     """The tutorial's inference code, with only what transformers 5 forces changed: ``BitsAndBytesConfig`` for
     ``load_in_8bit=True``, a tokenizer language name (``"Chinese (China)"`` raises), no ``forced_decoder_ids``
-    (``generate_kwargs`` from the model card instead), an explicit device instead of ``"auto"``."""
+    (``generate_kwargs`` from the model card instead), an explicit device instead of ``"auto"``; for a shorter
+    encoder context, the two lines the model card adds (the base's context, the processor from the adapter)."""
     language = "chinese"
     task = "transcribe"
     peft_config = PeftConfig.from_pretrained(adapter_dir)
@@ -105,9 +110,14 @@ def tutorial_section_6(adapter_dir: Path, clips: list[Path], generate_kwargs: di
         quantization_config=BitsAndBytesConfig(load_in_8bit=True),
         device_map={"": "cpu"},
     )
+    context = RunInfo.read(adapter_dir).context_seconds
+    processor_dir = peft_config.base_model_name_or_path
+    if context < 30:
+        set_context(base_model, context)
+        processor_dir = adapter_dir
     peft_model = PeftModel.from_pretrained(base_model, adapter_dir)
     tokenizer = AutoTokenizer.from_pretrained(peft_config.base_model_name_or_path, language=language, task=task)
-    processor = AutoProcessor.from_pretrained(peft_config.base_model_name_or_path, language=language, task=task)
+    processor = AutoProcessor.from_pretrained(processor_dir, language=language, task=task)
     feature_extractor = processor.feature_extractor
     asr = AutomaticSpeechRecognitionPipeline(model=peft_model, tokenizer=tokenizer, feature_extractor=feature_extractor)
     texts = []

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import tiny_args
 from whisper_lora_pl.audio import load_audio
 from whisper_lora_pl.cli import main
 from whisper_lora_pl.convert import tiny_whisper
@@ -19,11 +19,7 @@ def test_a_128_mel_model_exports_to_a_folder_faster_whisper_loads(cv_release, tm
     main(
         [
             "fit",
-            "--config",
-            str(REPO / "configs" / "tiny-cpu.yaml"),
-            f"--model.model_name={model}",
-            f"--data.source.init_args.root={cv_release}",
-            f"--trainer.default_root_dir={tmp_path / 'run'}",
+            *tiny_args(model, cv_release, tmp_path / "run"),
             "--trainer.max_steps=2",
             "--trainer.limit_val_batches=0",
         ]
