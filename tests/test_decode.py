@@ -5,6 +5,7 @@ import zlib
 import pytest
 import torch
 from transformers import WhisperForConditionalGeneration, WhisperProcessor
+from transformers.generation.utils import GenerationMixin
 
 from whisper_lora_pl.decode import Decoded, Decoder, DecodingSettings, compression_ratio
 
@@ -97,6 +98,28 @@ def test_the_prompt_is_the_trained_one(tiny, monkeypatch):
         features(1), [1.0]
     )
     assert "language" not in seen[0]  # detection only when asked for
+
+
+def test_timestamp_tokens_in_an_output_do_not_start_a_second_generate_call(tiny, monkeypatch):
+    """Sampling wrote two timestamp tokens in one row of a batch (seen in a fine-tuning test): Whisper's generate
+    took them as the end of a segment, decoded that row again from there and returned the rows of that second call
+    only (1 of 2), which crashed the evaluation. Every attempt is one call, whatever the tokens."""
+    model, processor = tiny
+    timestamp = processor.tokenizer.convert_tokens_to_ids("<|1.00|>")
+    one_call = GenerationMixin.generate
+    calls = []
+
+    def writes_timestamps(self, *args, **kwargs):
+        out = one_call(self, *args, **kwargs)
+        calls.append(len(out.sequences))
+        out.sequences[0, -2:] = timestamp
+        return out
+
+    monkeypatch.setattr(GenerationMixin, "generate", writes_timestamps)
+    decoder = Decoder(model, processor.tokenizer, "zh", "transcribe", settings=DecodingSettings(temperatures=(0.0,)))
+    results = decoder(features(2), [1.0, 1.0])
+    assert calls == [2] and len(results) == 2
+    assert timestamp not in results[1].tokens and results[0].tokens[-2:] == [timestamp] * 2
 
 
 def result(text: str, temperature: float, looped: bool, avg_logprob: float) -> Decoded:

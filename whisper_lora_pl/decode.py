@@ -169,6 +169,9 @@ class Decoder:
             num_beams=1 if sampling else self.num_beams,
             return_dict_in_generate=True,
             output_logits=True,  # per row, beams included (Whisper's generate follows beam_indices)
+            # one model call for the whole batch: otherwise a row that writes two timestamp tokens (sampling can,
+            # even after <|notimestamps|>) is decoded again from there, and generate returns that call's rows only
+            force_unique_generate_call=True,
         )
         encoder_weight = self.model.get_encoder().conv1.weight
         features = features.to(device=encoder_weight.device, dtype=encoder_weight.dtype)
