@@ -6,9 +6,10 @@ import pytest
 import torch
 from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperProcessor, pipeline
 
-from tests.conftest import REPO, make_cv_release, write_clip
+from tests.conftest import REPO, make_cv_release, tiny_args, write_clip
 from whisper_lora_pl.audio import load_audio
 from whisper_lora_pl.cli import main
+from whisper_lora_pl.deploy import faster_whisper_kwargs, to_ctranslate2
 from whisper_lora_pl.export import RunInfo, export
 from whisper_lora_pl.features import log_mel, set_feature_context
 from whisper_lora_pl.model import build_whisper_lora, count_parameters, set_context
@@ -26,8 +27,11 @@ def test_a_shorter_context_is_whisper_with_the_first_positions(tiny_model):
         assert encoder(torch.zeros(1, 80, 1000)).last_hidden_state.shape == (1, 500, 64)
         with pytest.raises(ValueError, match="length 1000"):
             encoder(torch.zeros(1, 80, 3000))
-    with pytest.raises(ValueError, match="longer than the model's 10 s"):
-        set_context(model, 15.0)
+    set_context(model, 30.0)  # back to Whisper's 30 s: the kept rows, then the sinusoids Whisper is made of
+    assert model.config.max_source_positions == 1500 and torch.allclose(encoder.embed_positions.weight, full, atol=1e-6)
+    assert torch.equal(encoder.embed_positions.weight[:500], full[:500])
+    with pytest.raises(ValueError, match="longer than the model's 30 s"):
+        set_context(model, 31.0)
 
 
 def test_features_for_a_shorter_context_are_the_first_frames_of_whisper_s():
@@ -47,12 +51,8 @@ def short_run(tiny_model, tmp_path_factory):
     cli = main(
         [
             "fit",
-            "--config",
-            str(REPO / "configs" / "tiny-cpu.yaml"),
-            f"--model.model_name={tiny_model}",
-            f"--data.source.init_args.root={corpus}",
+            *tiny_args(tiny_model, corpus, root / "run"),
             "--data.val_split=test",
-            f"--trainer.default_root_dir={root / 'run'}",
             "--model.context_seconds=10",
             "--trainer.max_steps=2",
         ]
@@ -86,6 +86,21 @@ def test_a_short_context_run_trains_filters_and_exports(short_run):
             transcribe(clips, decoder_for(model, proc, info), proc.feature_extractor, max_segment=30.0)
 
 
+def test_a_short_context_model_exports_to_a_folder_faster_whisper_runs(short_run, tmp_path):
+    """faster-whisper pads every window to 3,000 frames: the CTranslate2 folder has Whisper's 30 s of positions
+    (a 500-position encoder made CTranslate2 refuse every clip: 'expected ... (1, 80, 1000)')."""
+    faster_whisper = pytest.importorskip("faster_whisper", reason="the deploy extra: pip install -e '.[deploy]'")
+    _, written, corpus = short_run
+    folder = to_ctranslate2(written["merged"], tmp_path / "ct2")
+    assert WhisperFeatureExtractor.from_pretrained(folder).nb_max_frames == 3000
+    assert "trained with a 10 s encoder context" in (folder / "README.md").read_text()
+    loaded = faster_whisper.WhisperModel(str(folder), device="cpu", compute_type="int8", cpu_threads=1)
+    kwargs = faster_whisper_kwargs(RunInfo.read(folder)) | {"temperature": [0.0]}
+    for clip in sorted((corpus / "zh-CN" / "clips").glob("*test*.mp3")):
+        segments, about = loaded.transcribe(load_audio(clip), **kwargs)
+        assert about.language == "zh" and isinstance("".join(s.text for s in segments), str)
+
+
 def test_an_unquantized_bfloat16_base_keeps_its_type_and_trains_float32_adapters(tiny_model, cv_release, tmp_path):
     model = build_whisper_lora(tiny_model, "none", base_dtype="bfloat16")
     assert model.get_base_model().model.encoder.layers[0].fc1.weight.dtype == torch.bfloat16
@@ -94,11 +109,7 @@ def test_an_unquantized_bfloat16_base_keeps_its_type_and_trains_float32_adapters
     cli = main(
         [
             "fit",
-            "--config",
-            str(REPO / "configs" / "tiny-cpu.yaml"),
-            f"--model.model_name={tiny_model}",
-            f"--data.source.init_args.root={cv_release}",
-            f"--trainer.default_root_dir={tmp_path}",
+            *tiny_args(tiny_model, cv_release, tmp_path),
             "--model.quantization=none",
             "--model.base_dtype=bfloat16",
             "--trainer.precision=bf16-mixed",
