@@ -10,7 +10,7 @@ import torch
 from peft import PeftModel
 from transformers import WhisperForConditionalGeneration, WhisperProcessor, pipeline
 
-from tests.conftest import REPO
+from tests.conftest import REPO, tiny_args
 from whisper_lora_pl.audio import load_audio
 from whisper_lora_pl.cli import main
 from whisper_lora_pl.export import RunInfo, export, trained_base
@@ -19,25 +19,12 @@ from whisper_lora_pl.model import load_base
 from whisper_lora_pl.module import WhisperLoRA
 from whisper_lora_pl.transcribe import decoder_for, find_audio, load_model, transcribe, write
 
-TINY = str(REPO / "configs" / "tiny-cpu.yaml")
-
-
-def cli_args(tiny_model, cv_release, folder, *extra):
-    return [
-        "--config",
-        TINY,
-        f"--model.model_name={tiny_model}",
-        f"--data.source.init_args.root={cv_release}",
-        f"--trainer.default_root_dir={folder}",
-        *extra,
-    ]
-
 
 @pytest.fixture(scope="module")
 def trained(tiny_model, cv_release, tmp_path_factory):
     """A checkpoint after 6 int8 steps at lr 1e-2: enough for the adapters to move the logits."""
     folder = tmp_path_factory.mktemp("trained")
-    main(["fit", *cli_args(tiny_model, cv_release, folder, "--trainer.max_steps=6", "--trainer.limit_val_batches=0")])
+    main(["fit", *tiny_args(tiny_model, cv_release, folder, "--trainer.max_steps=6", "--trainer.limit_val_batches=0")])
     (checkpoint,) = folder.glob("**/checkpoints/*.ckpt")
     return checkpoint
 
@@ -47,7 +34,7 @@ def read_jsonl(path):
 
 
 def test_test_writes_every_utterance_and_the_rates_add_up(tiny_model, cv_release, trained, tmp_path):
-    cli = main(["test", *cli_args(tiny_model, cv_release, tmp_path), f"--ckpt_path={trained}"])
+    cli = main(["test", *tiny_args(tiny_model, cv_release, tmp_path), f"--ckpt_path={trained}"])
     (path,) = tmp_path.glob("**/predictions/test-step6.jsonl")
     records = read_jsonl(path)
     assert sorted(r["reference"] for r in records) == ["他喜欢喝茶", "明天见"]
@@ -66,7 +53,7 @@ def test_a_budget_shorter_than_the_references_is_reported(tiny_model, cv_release
     """(With --ckpt_path, Lightning re-applies the checkpoint's hyperparameters: decoding is the trained run's.)"""
     budget_of_one = ["--model.decoding.tokens_per_second=0", "--model.decoding.min_tokens=1"]
     with pytest.warns(UserWarning, match="2 reference transcripts are longer than their clip's token budget"):
-        main(["validate", *cli_args(tiny_model, cv_release, tmp_path, *budget_of_one)])
+        main(["validate", *tiny_args(tiny_model, cv_release, tmp_path, *budget_of_one)])
 
 
 def test_predict_writes_hypotheses_without_references(tiny_model, cv_release, trained, tmp_path):
@@ -76,7 +63,7 @@ def test_predict_writes_hypotheses_without_references(tiny_model, cv_release, tr
     main(
         [
             "predict",
-            *cli_args(tiny_model, cv_release, tmp_path),
+            *tiny_args(tiny_model, cv_release, tmp_path),
             "--data.source=whisper_lora_pl.sources.Manifest",
             f"--data.source.init_args.files={{predict: {manifest}}}",
             "--data.source.init_args.text_column=null",
@@ -127,7 +114,7 @@ def test_a_4bit_run_merges_into_its_dequantized_nf4_base(tiny_model, cv_release,
     main(
         [
             "fit",
-            *cli_args(
+            *tiny_args(
                 tiny_model,
                 cv_release,
                 tmp_path,
@@ -160,23 +147,29 @@ def test_every_take_home_path_decodes_like_the_evaluation(tiny_model, cv_release
     durations = [len(a) / 16_000 for a in audio]
     decoder_input = torch.tensor([[50258, 50260, 50359, 50363]] * len(clips))
 
-    # the LightningModule as evaluation runs it: the int8 base with the adapters
+    # the LightningModule as it trains (the int8 base with the adapters) and as a test pass decodes
     module = WhisperLoRA(tiny_model, max_new_tokens=4)
     module.configure_model()
     module.eval()
     state = torch.load(trained, weights_only=False)
     module.on_load_checkpoint(state)
     module.load_state_dict(state["state_dict"], strict=False)
+    module.on_test_start()  # evaluate_merged: the pass decodes with the merged model export writes
+    assert module.decoder.model is not module.model
     with torch.no_grad():
-        evaluated = module.model(input_features=features, decoder_input_ids=decoder_input).logits
+        training = module.model(input_features=features, decoder_input_ids=decoder_input).logits
+        evaluated = module.decoder.model(input_features=features, decoder_input_ids=decoder_input).logits
+    evaluated_texts = [r.text for r in module.decode(features, durations)]
+    module.on_test_end()
+    assert module.decoder.model is module.model
 
-    # (a) the tutorial's code: int8 base + PeftModel.from_pretrained(adapter folder): the evaluated model itself
+    # (a) the tutorial's code: int8 base + PeftModel.from_pretrained(adapter folder): the training model itself
     int8 = load_base(tiny_model, "int8")
     with torch.no_grad():
         bare = int8(input_features=features, decoder_input_ids=decoder_input).logits
-        assert not torch.allclose(bare, evaluated, atol=1e-3)  # the adapters matter
+        assert not torch.allclose(bare, training, atol=1e-3)  # the adapters matter
         tutorial = PeftModel.from_pretrained(int8, written["adapter"]).eval()
-        assert torch.allclose(tutorial(input_features=features, decoder_input_ids=decoder_input).logits, evaluated)
+        assert torch.allclose(tutorial(input_features=features, decoder_input_ids=decoder_input).logits, training)
 
     # (b) the merged folder, the adapter folder on the training base, and the checkpoint give one model
     loaded = {
@@ -194,19 +187,27 @@ def test_every_take_home_path_decodes_like_the_evaluation(tiny_model, cv_release
         }
     assert torch.allclose(logits["model"], logits["adapter"], atol=1e-5)
     assert torch.allclose(logits["model"], logits["checkpoint"], atol=1e-5)
-    # dequantized weights without the int8 activation rounding: close to the evaluated logits, not equal
-    assert (logits["model"] - evaluated).abs().max() < 0.05 * evaluated.abs().max()
+    assert torch.allclose(logits["model"], evaluated, atol=1e-5)  # what the evaluation decoded
+    # the training model rounds activations to int8 as well: close to the merged model's logits, not equal
+    assert 1e-4 < (logits["model"] - training).abs().max() < 0.05 * training.abs().max()
     texts = {}
     for mode, (model, proc, info) in loaded.items():
         decoder = decoder_for(model, proc, info)
         assert (decoder.language, decoder.task, decoder.max_new_tokens) == ("zh", "transcribe", 4)
         texts[mode] = [r.text for r in decoder(features, durations)]
-    assert texts["model"] == texts["adapter"] == texts["checkpoint"]
+    assert texts["model"] == texts["adapter"] == texts["checkpoint"] == evaluated_texts
 
     # (c) transformers.pipeline on the merged folder: language, task, search and cap from its generation config
     asr = pipeline("automatic-speech-recognition", model=str(written["merged"]), device="cpu")
     piped = [asr({"raw": a, "sampling_rate": 16_000})["text"] for a in audio]
     assert piped == texts["model"]
+
+
+def test_without_evaluate_merged_a_pass_decodes_with_the_training_model(tiny_model):
+    module = WhisperLoRA(tiny_model, max_new_tokens=4, evaluate_merged=False)
+    module.configure_model()
+    module.on_validation_start()
+    assert module.decoder.model is module.model
 
 
 @pytest.fixture(scope="module")

@@ -100,19 +100,26 @@ def trained_base(info: RunInfo, device: torch.device | str = "cpu") -> WhisperFo
     return base.eval()
 
 
+def with_adapters(
+    info: RunInfo, lora: LoraSettings, adapters: dict[str, torch.Tensor], device: torch.device | str, source: str
+) -> PeftModel:
+    """``adapters`` (named as in the training PeftModel) on :func:`trained_base`: what export merges, and what
+    evaluation decodes with (``WhisperLoRA``'s ``evaluate_merged``)."""
+    model = get_peft_model(trained_base(info, device), lora.peft_config())
+    expected = {name for name, param in model.named_parameters() if param.requires_grad}
+    if missing := expected - adapters.keys():
+        raise KeyError(f"{source} lacks {len(missing)} adapter weights, e.g. {sorted(missing)[:3]}")
+    model.load_state_dict(adapters, strict=False)
+    return model.eval()
+
+
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[PeftModel, RunInfo]:
     """The checkpoint's adapters on :func:`trained_base`, and what the run says about decoding."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     hparams = dict(checkpoint["hyper_parameters"])
     info = RunInfo.from_hparams(hparams)
-    base = trained_base(info, device)
-    model = get_peft_model(base, LoraSettings(**hparams["lora"]).peft_config())
     adapters = {key.removeprefix("model."): value for key, value in checkpoint["state_dict"].items()}
-    expected = {name for name, param in model.named_parameters() if param.requires_grad}
-    if missing := expected - adapters.keys():
-        raise KeyError(f"{path} lacks {len(missing)} adapter weights, e.g. {sorted(missing)[:3]}")
-    model.load_state_dict(adapters, strict=False)
-    return model.eval(), info
+    return with_adapters(info, LoraSettings(**hparams["lora"]), adapters, device, str(path)), info
 
 
 def processor_for(info: RunInfo) -> WhisperProcessor:
