@@ -20,6 +20,8 @@ and theirs; ours starts its DataLoader workers' server first thing, as ``train.p
   also the clips/s of a second pass where both generate exactly ``--max-new-tokens`` per clip (the speed of the
   pipelines, not of what each trained model happens to say);
 - the final training loss (mean of the last 5 steps).
+``--no-evaluate`` skips the test pass: start-up and training only, for a large ``--replicate`` corpus (time to
+first step grows with the corpus on the tutorial's side, which preprocesses every clip before training).
 """
 
 from __future__ import annotations
@@ -107,6 +109,8 @@ def run_ours(t0: float, a: argparse.Namespace, out: Path) -> dict:
         default_root_dir=str(out),
     )
     trainer.fit(module, datamodule=data)
+    if not a.evaluate:
+        return {"first_batch": clock.first_batch, "step_ends": clock.step_ends, "losses": clock.losses}
     start = time.perf_counter()
     (metrics,) = trainer.test(module, datamodule=data, verbose=False)
     eval_seconds = time.perf_counter() - start
@@ -162,6 +166,7 @@ def child(a: argparse.Namespace) -> None:
             a.seed,
             a.max_new_tokens,
             fixed_length=a.fixed_length,
+            evaluate=a.evaluate,
         )
     result["preprocessing_bytes"] = sum(p.stat().st_size for p in cache.rglob("*") if p.is_file())
     shutil.rmtree(work, ignore_errors=True)
@@ -220,12 +225,16 @@ def replicated(corpus: Path, times: int) -> Path:
 def summarize(result: dict, warm: int, batch: int) -> dict:
     ends = result["step_ends"]
     steady = (len(ends) - 1 - warm) * batch / (ends[-1] - ends[warm])
-    return {
+    started = {
         "time to first batch (s)": result["first_batch"],
         "time to first step (s)": ends[0],
         "training samples/s": steady,
         "peak memory, PSS (GiB)": result["peak_pss"] / 2**30,
         "preprocessing bytes written (MB)": result["preprocessing_bytes"] / 1e6,
+    }
+    if "eval_seconds" not in result:  # --no-evaluate
+        return started | {"final training loss": statistics.mean(result["losses"][-5:])}
+    return started | {
         "evaluation clips/s": result["eval_clips"] / result["eval_seconds"],
         **(
             {"evaluation clips/s, fixed length": result["eval_clips"] / result["fixed_eval_seconds"]}
@@ -267,6 +276,12 @@ def main() -> None:
         help="our variants, each run against theirs: ours (reentrant gradient checkpointing, as the tutorial) and "
         "ours-nockpt (no checkpointing: no recomputation, more memory)",
     )
+    parser.add_argument(
+        "--no-evaluate",
+        dest="evaluate",
+        action="store_false",
+        help="train only, no test pass (start-up and training figures on a large --replicate corpus)",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--replicate", type=int, default=1, help="repeat the training rows N times (corpus size)")
     parser.add_argument("--json", type=Path, help="also write every run's summary here")
@@ -285,9 +300,9 @@ def main() -> None:
     passthrough = [
         f"--{k.replace('_', '-')}" + ("" if v is True else f"={v}")
         for k, v in vars(a).items()
-        if k not in ("child", "impl", "started", "repeats", "json", "replicate", "seed", "ours")
+        if k not in ("child", "impl", "started", "repeats", "json", "replicate", "seed", "ours", "evaluate")
         and v not in (None, False)
-    ]
+    ] + ([] if a.evaluate else ["--no-evaluate"])
     runs: dict[str, list[dict]] = {impl: [] for impl in [*a.ours, "theirs"]}
     for repeat in range(a.repeats):
         for impl in list(runs) if repeat % 2 == 0 else list(runs)[::-1]:

@@ -21,7 +21,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
-from transformers import WhisperConfig, WhisperForConditionalGeneration, WhisperProcessor
+from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration, WhisperProcessor
 
 from whisper_lora_pl.module import WhisperLoRA
 
@@ -74,16 +74,19 @@ class StepTimer(L.Callback):
         self.times.append(time.perf_counter() - self.start)
 
 
-def make_model_folder(processor: Path) -> Path:
-    folder = Path(tempfile.mkdtemp(prefix="whisper-large-v2-random-"))
-    with torch.device("cuda"):
-        model = WhisperForConditionalGeneration(WhisperConfig(**LARGE_V2)).half()
+def make_model_folder(processor: Path, device: str | torch.device = "cuda", shape: dict = LARGE_V2) -> Path:
+    folder = Path(tempfile.mkdtemp(prefix="whisper-random-"))
+    with torch.device(device):
+        model = WhisperForConditionalGeneration(WhisperConfig(**shape)).half()
     model.save_pretrained(folder)
     del model
-    torch.cuda.empty_cache()
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
     # the processor's files only: a converted model folder also holds config.json and weights, which would
-    # replace the whisper-large-v2 shape
+    # replace the whisper-large-v2 shape; and its generation config, which generate needs for the prompt
     WhisperProcessor.from_pretrained(processor).save_pretrained(folder)
+    if (Path(processor) / "generation_config.json").is_file():
+        GenerationConfig.from_pretrained(processor).save_pretrained(folder)
     return folder
 
 

@@ -96,6 +96,7 @@ def run(
     eval_batch_size: int = 8,
     language: str = "zh",
     fixed_length: bool = False,
+    evaluate: bool = True,
 ) -> dict:
     processor = WhisperProcessor.from_pretrained(model_name, language=language, task="transcribe")
     feature_extractor, tokenizer = processor.feature_extractor, processor.tokenizer
@@ -143,6 +144,8 @@ def run(
         model=model, args=args, train_dataset=tokenized["train"], data_collator=collator, callbacks=[clock]
     )
     trainer.train()
+    if not evaluate:
+        return {"first_batch": clock.first_begin, "step_ends": clock.step_ends, "losses": clock.losses}
 
     from whisper_lora_pl.text import ErrorRates
 
