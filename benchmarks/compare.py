@@ -5,7 +5,9 @@
 Both sides get the same model folder, corpus (the demo corpus, Common Voice layout), batch size, steps, learning
 rate, warmup, seed, CPU threads and generation length; both use int8 + LoRA r=8 alpha=64 on q_proj/v_proj with
 reentrant gradient checkpointing (the tutorial's peft defaults; ours opts in with reentrant_checkpointing).
-Settings of ours that the tutorial does not have: ``--context-seconds`` (the encoder's context, README: Speed)
+Ours evaluates as it does by default, with the merged model export writes (``model.evaluate_merged``), theirs
+with its int8 training model. Settings of ours that the tutorial does not have: ``--context-seconds`` (the
+encoder's context, README: Speed)
 and ``--ours ours ours-nockpt`` (also run ours without gradient checkpointing; each variant against theirs).
 Each run is a fresh process (so peak memory and start-up are its own), alternating ours
 and theirs; ours starts its DataLoader workers' server first thing, as ``train.py`` does. Measured per run:
@@ -116,9 +118,14 @@ def run_ours(t0: float, a: argparse.Namespace, out: Path) -> dict:
     eval_seconds = time.perf_counter() - start
     fixed_seconds = None
     if a.fixed_length:  # again, generating exactly max_new_tokens per clip, like theirs
-        module.model.generation_config.min_new_tokens = a.max_new_tokens
         # every clip now reaches its cap: a budget of the cap, and no loop guard, or every clip would be retried
         module.decoder.settings = DecodingSettings(min_tokens=a.max_new_tokens, temperatures=(0.0,))
+
+        class FixedLength(L.Callback):
+            def on_test_batch_start(self, trainer, module, *args) -> None:  # the pass's model (evaluate_merged)
+                module.decoder.model.generation_config.min_new_tokens = a.max_new_tokens
+
+        trainer.callbacks.append(FixedLength())
         start = time.perf_counter()
         trainer.test(module, datamodule=data, verbose=False)
         fixed_seconds = time.perf_counter() - start
