@@ -140,6 +140,11 @@ def export(
     ``WhisperForConditionalGeneration`` in ``dtype`` that decodes like the evaluation), each with the processor;
     with ``ctranslate2`` (a weight type such as ``int8``) also ``out/ctranslate2`` for faster-whisper, converted
     from the same merged weights."""
+    if ctranslate2:  # before any work: refuse what faster-whisper cannot run (a shorter encoder context)
+        from whisper_lora_pl.deploy import check_context
+
+        hparams = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)["hyper_parameters"]
+        check_context(RunInfo.from_hparams(hparams).context_seconds)
     if ctranslate2 and "merged" not in parts:
         with tempfile.TemporaryDirectory() as scratch:  # the CTranslate2 folder is made from the merged one
             merged = export(checkpoint, scratch, ("merged",), dtype)["merged"]

@@ -9,10 +9,8 @@ from typing import Literal
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from transformers import BitsAndBytesConfig, WhisperForConditionalGeneration
-from transformers.models.whisper.modeling_whisper import sinusoids
 
 from whisper_lora_pl.convert import resolve_model_name
-from whisper_lora_pl.decode import WINDOW_SECONDS
 
 Quantization = Literal["int8", "nf4", "none"]
 BaseDtype = Literal["float32", "bfloat16", "float16"]
@@ -94,22 +92,18 @@ def load_base(
 def set_context(model: WhisperForConditionalGeneration, seconds: float) -> WhisperForConditionalGeneration:
     """Whisper with an encoder context of ``seconds`` (30 = Whisper's own): the encoder's positions are fixed
     sinusoids whose first K rows do not depend on how many there are, so keeping K of them *is* Whisper with a
-    K-frame context; the feature extractor must pad to the same length (``features.set_feature_context``).
-    Lengthening a shortened model (up to Whisper's 30 s) keeps its rows and appends the sinusoids Whisper's
-    positions are made of (OpenAI's checkpoints store them in float16: within 5e-4 of these)."""
+    K-frame context; the feature extractor must pad to the same length (``features.set_feature_context``)."""
     positions = round(seconds * POSITIONS_PER_SECOND)
     encoder = model.get_encoder()
     table = encoder.embed_positions
-    longest = max(table.num_embeddings, round(WINDOW_SECONDS * POSITIONS_PER_SECOND))
-    if positions > longest:
-        raise ValueError(f"context_seconds {seconds:g} is longer than the model's {longest // POSITIONS_PER_SECOND} s")
-    if positions != table.num_embeddings:
+    if positions > table.num_embeddings:
+        raise ValueError(f"context_seconds {seconds:g} is longer than the model's {table.num_embeddings // 50} s")
+    if positions < table.num_embeddings:
         weight = table.weight
-        rows = torch.cat([weight.data, sinusoids(longest, table.embedding_dim).to(weight)[weight.shape[0] :]])
-        resized = torch.nn.Embedding(positions, table.embedding_dim, device=weight.device, dtype=weight.dtype)
-        resized.weight.data.copy_(rows[:positions])
-        resized.requires_grad_(False)
-        encoder.embed_positions = resized
+        shorter = torch.nn.Embedding(positions, table.embedding_dim, device=weight.device, dtype=weight.dtype)
+        shorter.weight.data.copy_(table.weight.data[:positions])
+        shorter.requires_grad_(False)
+        encoder.embed_positions = shorter
         encoder.max_source_positions = positions
         model.config.max_source_positions = positions
     return model
