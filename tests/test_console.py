@@ -25,7 +25,15 @@ def test_a_fit_prints_no_line_per_batch_and_leaves_tensorboard_csv_and_curves(ti
     ]
     repeated = {line: n for line, n in Counter(lines).items() if n > 4}
     assert not repeated, repeated
-    for quiet in ("max_new_tokens", "attention mask", "Unable to serialize", "Tip:", "gemm_4bit", "set_vital"):
+    for quiet in (
+        "max_new_tokens",
+        "attention mask",
+        "Unable to serialize",
+        "Tip:",
+        "gemm_4bit",
+        "set_vital",
+        "dequantized in",
+    ):
         assert quiet not in run.stdout + run.stderr, quiet
 
     (folder,) = (tmp_path / "lightning_logs").iterdir()

@@ -14,6 +14,9 @@ import warnings
 _LOGGED = [
     # Whisper's generate passes suppress_tokens beside its own generation config (transformers PR #48108)
     ("transformers.generation.utils", "Passing `generation_config` together with generation-related arguments"),
+    # transformers' dequantize() says which type it dequantized to, even when asked for that type (export, and
+    # evaluate_merged at the start of every evaluation pass)
+    ("transformers.integrations.bitsandbytes", "The modules are dequantized in"),
     # bitsandbytes looks for an optional faster CPU 4-bit kernel package at import and says it is absent
     ("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward"),
     # Lightning advertises its cloud services when no LitLogger / litmodels is installed (rank_zero_info logs
