@@ -97,7 +97,8 @@ def set_context(model: WhisperForConditionalGeneration, seconds: float) -> Whisp
     encoder = model.get_encoder()
     table = encoder.embed_positions
     if positions > table.num_embeddings:
-        raise ValueError(f"context_seconds {seconds:g} is longer than the model's {table.num_embeddings // 50} s")
+        longest = table.num_embeddings // POSITIONS_PER_SECOND
+        raise ValueError(f"context_seconds {seconds:g} is longer than the model's {longest} s")
     if positions < table.num_embeddings:
         weight = table.weight
         shorter = torch.nn.Embedding(positions, table.embedding_dim, device=weight.device, dtype=weight.dtype)
