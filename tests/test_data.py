@@ -45,6 +45,11 @@ def test_collator_keeps_start_token_unless_every_row_has_it_and_drops_failed_ite
     batch = SpeechCollator(SOT)(items)
     assert batch["labels"].tolist() == [[SOT, 5, -100], [7, 8, 9]]
     assert SpeechCollator(SOT)([None, None]) is None
+    gone = SpeechCollator(SOT)([{"index": 3, "id": "d", "skip": "not audio"}, None])
+    assert gone == {"skipped": {"d": "not audio"}}  # a batch of skipped clips still says which and why
+    assert SpeechCollator(SOT)([*items, {"index": 3, "id": "d", "skip": "empty file"}])["skipped"] == {
+        "d": "empty file"
+    }
     unlabelled = SpeechCollator(SOT)([{"input_features": feature(0.0), "labels": [], "index": 0, "id": "x"}])
     assert unlabelled["labels"].shape == (1, 0)
 
@@ -195,11 +200,11 @@ def test_datamodule_filters_count_skips_and_batches(tiny_model, tmp_path):
     dm.setup("fit")
     train = dm.prepared["train"]
     assert [e.sentence for e in train.examples] == ["你好"]
-    assert train.skipped == {"empty text": 1, "labels over 448 tokens": 1, "unreadable audio": 1, "audio over 30 s": 1}
+    assert train.skipped == {"empty text": 1, "labels over 448 tokens": 1, "not audio": 1, "audio over 30 s": 1}
     assert "1 clips kept" in train.summary("train")
 
     (clips / "common_voice_zh-CN_train_0.mp3").unlink()  # vanishes after filtering: skipped in the worker
-    assert dm.dataset("train")[0] is None
+    assert dm.dataset("train")[0] == {"index": 0, "id": "common_voice_zh-CN_train_0.mp3", "skip": "missing file"}
     batch = next(iter(dm.val_dataloader()))
     assert batch["input_features"].shape == (1, 80, 3000)
     tokenizer = dm.processor.tokenizer

@@ -12,22 +12,29 @@ from torch.utils.data import Dataset, DistributedSampler
 IGNORE_INDEX = -100
 
 
+def has_clips(batch: dict | None) -> bool:
+    """Whether a batch holds any clip to train on or decode (all of its clips may have been skipped)."""
+    return batch is not None and "input_features" in batch
+
+
 @dataclass
 class SpeechCollator:
     """Stack log-mel features and pad labels with -100.
 
     Same semantics as the tutorial's ``DataCollatorSpeechSeq2SeqWithPadding``: when every row starts with the
     decoder-start token it is cut, because the model prepends it again when it shifts the labels right.
-    Items that failed to load (``None``) are dropped; a batch with nothing left is ``None``. Items for
-    prediction carry no labels: the batch then has a (B, 0) label tensor.
+    Items that failed to load (``None``, or a dict with a ``skip`` reason) are dropped and listed under ``skipped``
+    (clip id -> reason), so the steps can count them; a batch whose clips all failed holds ``skipped`` alone
+    (see :func:`has_clips`). Items for prediction carry no labels: the batch then has a (B, 0) label tensor.
     """
 
     decoder_start_token_id: int
 
-    def __call__(self, items: list[dict | None]) -> dict[str, torch.Tensor] | None:
-        items = [item for item in items if item is not None]
+    def __call__(self, items: list[dict | None]) -> dict | None:
+        skipped = {item["id"]: item["skip"] for item in items if item is not None and "skip" in item}
+        items = [item for item in items if item is not None and "skip" not in item]
         if not items:
-            return None
+            return {"skipped": skipped} if skipped else None
         features = torch.from_numpy(np.stack([item["input_features"] for item in items]))
         longest = max(len(item["labels"]) for item in items)
         labels = torch.full((len(items), longest), IGNORE_INDEX, dtype=torch.long)
@@ -42,6 +49,7 @@ class SpeechCollator:
             "duration": torch.as_tensor([item.get("duration", 30.0) for item in items], dtype=torch.float32),
             "index": torch.as_tensor([item["index"] for item in items], dtype=torch.long),
             "id": [item["id"] for item in items],
+            "skipped": skipped,
         }
 
 

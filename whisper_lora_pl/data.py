@@ -46,6 +46,8 @@ class WhisperDataModule(L.LightningDataModule):
         max_train_samples: keep only the first N training examples (smoke runs).
         max_eval_samples: keep only the first N validation/test examples.
         max_duration: clips longer than this many seconds are skipped (Whisper sees 30 s windows).
+        min_duration: clips shorter than this many seconds are skipped in training and evaluation (a clip of a few
+            milliseconds cannot hold its sentence); ``predict`` transcribes them all.
         context_seconds: the encoder's context (linked from the model): features are padded to it, and clips
             longer than it are skipped too.
         probe_threads: threads that read audio headers while filtering.
@@ -67,6 +69,7 @@ class WhisperDataModule(L.LightningDataModule):
         max_train_samples: int | None = None,
         max_eval_samples: int | None = None,
         max_duration: float = 30.0,
+        min_duration: float = 0.1,
         context_seconds: float = 30.0,
         probe_threads: int = 8,
     ) -> None:
@@ -89,6 +92,7 @@ class WhisperDataModule(L.LightningDataModule):
             "predict": max_eval_samples,
         }
         self.max_duration = min(max_duration, context_seconds)
+        self.min_duration = min_duration
         self.context_seconds = context_seconds
         self.probe_threads = probe_threads
         self.processor: WhisperProcessor | None = None
@@ -124,7 +128,8 @@ class WhisperDataModule(L.LightningDataModule):
                 rank_zero_info(self.prepared[name].summary(f"{name} ({self.split_names[name]})"))
 
     def prepare_split(self, stage: Stage) -> PreparedSplit:
-        """Read, cut to ``max_*_samples``, filter and tokenize one split; every skip is counted by reason."""
+        """Read, cut to ``max_*_samples``, filter and tokenize one split; every skip is counted by reason (and each
+        unreadable row or clip is logged with its file)."""
         examples = self.source.examples(self.split_names[stage])
         limit = self.max_samples[stage]
         examples = examples[:limit] if limit is not None else examples
@@ -139,14 +144,19 @@ class WhisperDataModule(L.LightningDataModule):
         kept, labels, seconds = [], [], []
         for example, text, ids, duration in zip(examples, texts, token_ids, durations, strict=True):
             reason = None
-            if not text and stage != "predict":  # prediction needs audio only
+            if example.problem:
+                log.warning("skipping row %s", example.problem)
+                reason = "malformed row"
+            elif not text and stage != "predict":  # prediction needs audio only
                 reason = "empty text"
             elif len(ids) > max_label_length:
                 reason = f"labels over {max_label_length} tokens"
-            elif duration is None:
-                reason = "unreadable audio"
+            elif isinstance(duration, str):
+                reason = duration
             elif duration > self.max_duration:
                 reason = f"audio over {self.max_duration:g} s"
+            elif duration < self.min_duration and stage != "predict":
+                reason = f"audio under {self.min_duration:g} s"
             if reason:
                 skipped[reason] += 1
                 continue
@@ -160,13 +170,17 @@ class WhisperDataModule(L.LightningDataModule):
             kept, labels = [kept[i] for i in order], [labels[i] for i in order]
         return PreparedSplit(kept, labels, skipped)
 
-    def _probe_durations(self, examples: list[Example], stage: Stage) -> list[float | None]:
-        def probe(example: Example) -> float | None:
+    def _probe_durations(self, examples: list[Example], stage: Stage) -> list[float | str]:
+        """Each clip's duration from its header, or the reason it cannot be read (warned about with its file)."""
+
+        def probe(example: Example) -> float | str:
+            if example.problem:
+                return "malformed row"
             try:
                 return audio_duration(example.audio)
             except AudioError as err:
                 log.warning("skipping clip %s: %s", example.id, err)
-                return None
+                return err.reason
 
         with ThreadPoolExecutor(self.probe_threads) as pool:
             results = pool.map(probe, examples)

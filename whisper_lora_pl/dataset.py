@@ -31,7 +31,8 @@ class PreparedSplit:
 
 
 class SpeechDataset(Dataset):
-    """Decodes and featurizes one clip per item; a clip that fails to decode is warned about and becomes None."""
+    """Decodes and featurizes one clip per item. A clip that fails (unreadable, non-finite, nothing left) is warned
+    about and becomes ``{"index", "id", "skip": reason}``, which the collator counts instead of batching."""
 
     def __init__(self, split: PreparedSplit, feature_extractor: WhisperFeatureExtractor) -> None:
         self.split = split
@@ -40,15 +41,16 @@ class SpeechDataset(Dataset):
     def __len__(self) -> int:
         return len(self.split.examples)
 
-    def __getitem__(self, index: int) -> dict | None:
+    def __getitem__(self, index: int) -> dict:
         example = self.split.examples[index]
         try:
             wave = load_audio(example.audio, SAMPLING_RATE)
+            features = log_mel(self.feature_extractor, wave)
         except AudioError as err:
             log.warning("skipping clip %s: %s", example.id, err)
-            return None
+            return {"index": index, "id": example.id, "skip": err.reason}
         return {
-            "input_features": log_mel(self.feature_extractor, wave),
+            "input_features": features,
             "labels": self.split.labels[index],
             "duration": len(wave) / SAMPLING_RATE,  # sets the clip's decoding budget
             "index": index,

@@ -148,6 +148,22 @@ class Decoder:
                 break
         return [self._choose(tries) for tries in attempts]
 
+    def isolating(self, input_features: torch.Tensor, durations: Sequence[float]) -> list[Decoded | Exception]:
+        """Decode a batch; if that raises, decode its clips one by one, so a failure costs only the clip behind it
+        (its place holds the exception). Evaluation, predict and transcribe call this."""
+        try:
+            return self(input_features, durations)
+        except Exception as err:
+            if len(input_features) == 1:
+                return [err]
+        results: list[Decoded | Exception] = []
+        for row in range(len(input_features)):
+            try:
+                results.extend(self(input_features[row : row + 1], durations[row : row + 1]))
+            except Exception as err:
+                results.append(err)
+        return results
+
     def _fails(self, result: Decoded) -> bool:
         threshold = self.settings.logprob_threshold
         return result.looped or (threshold is not None and result.avg_logprob < threshold)

@@ -40,11 +40,18 @@ SPLIT_ALIASES = {"validation": "dev", "valid": "dev", "val": "dev"}
 @dataclass(frozen=True)
 class Example:
     """One utterance: ``audio`` is a file path, encoded bytes or a reference to stored audio
-    (:class:`~whisper_lora_pl.audio.StoredAudio`), decoded later in a DataLoader worker."""
+    (:class:`~whisper_lora_pl.audio.StoredAudio`), decoded later in a DataLoader worker. ``problem`` names a row
+    that could not be read (file and line): the data module counts and logs it as a skip."""
 
     audio: str | bytes | StoredAudio
     sentence: str
     id: str
+    problem: str | None = None
+
+
+def malformed(where: str, what: str) -> Example:
+    """A placeholder for a manifest or TSV row that cannot be read, so it is counted, not silently lost."""
+    return Example("", "", where, problem=f"{where}: {what}")
 
 
 class Source(ABC):
@@ -119,7 +126,16 @@ class CommonVoiceFolder(Source):
             reader = csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
             _require_columns(str(path), reader.fieldnames, {"audio": "path", "text": self.text_column})
             clips = self.folder / "clips"
-            return [Example(str(clips / row["path"]), row[self.text_column] or "", row["path"]) for row in reader]
+            width = len(reader.fieldnames or [])
+            out = []
+            for row in reader:
+                fields = _fields(row)
+                if fields != width or not row["path"]:
+                    what = f"{fields} fields where the header has {width}" if fields != width else "no clip path"
+                    out.append(malformed(f"{path}:{reader.line_num}", what))
+                    continue
+                out.append(Example(str(clips / row["path"]), row[self.text_column] or "", row["path"]))
+            return out
 
 
 class DataCollective(CommonVoiceFolder):
@@ -268,18 +284,45 @@ class Manifest(Source):
         needed = {"audio": self.audio_column} | ({"text": self.text_column} if self.text_column else {})
         _require_columns(str(path), columns, needed)
         out = []
-        for row in rows:
-            audio = Path(row[self.audio_column]).expanduser()
+        for line, row in rows:
+            where = f"{path}:{line}"
+            if isinstance(row, str):
+                out.append(malformed(where, row))
+                continue
+            value = row.get(self.audio_column)
+            if not isinstance(value, str) or not value:
+                out.append(malformed(where, f"no audio path in {self.audio_column!r}"))
+                continue
+            audio = Path(value).expanduser()
             audio = audio if audio.is_absolute() else path.parent / audio
             text = row.get(self.text_column) if self.text_column else ""
-            out.append(Example(str(audio), text or "", row[self.audio_column]))
+            out.append(Example(str(audio), text if isinstance(text, str) else "", value))
         return out
 
 
-def _read_rows(path: Path) -> tuple[list[dict], list[str]]:
+def _read_rows(path: Path) -> tuple[list[tuple[int, dict | str]], list[str]]:
+    """(line number, row) pairs and the columns; a row that cannot be read is the string that says why."""
+    rows: list[tuple[int, dict | str]] = []
     if path.suffix in (".jsonl", ".json"):
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        return rows, sorted({key for row in rows for key in row})
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                rows.append((number, f"not JSON ({err})"))
+                continue
+            rows.append((number, row if isinstance(row, dict) else f"a JSON {type(row).__name__}, not an object"))
+        return rows, sorted({key for _, row in rows if isinstance(row, dict) for key in row})
     with path.open(encoding="utf-8", newline="") as handle:
         reader = csv.DictReader(handle, delimiter="\t" if path.suffix == ".tsv" else ",")
-        return list(reader), list(reader.fieldnames or [])
+        width = len(reader.fieldnames or [])
+        for row in reader:
+            fields = _fields(row)
+            rows.append((reader.line_num, row if fields == width else f"{fields} fields where the header has {width}"))
+        return rows, list(reader.fieldnames or [])
+
+
+def _fields(row: dict) -> int:
+    """How many fields a ``csv.DictReader`` row really had: missing ones are None, extra ones sit under None."""
+    return sum(value is not None for key, value in row.items() if key is not None) + len(row.get(None) or [])

@@ -9,8 +9,11 @@ checkpoint or the exported folder, never detected unless ``--language auto``), n
 from each clip's duration and the loop guard. Adapters are merged into the base as it was in training (quantized,
 then dequantized), as export does. Any format and rate soundfile reads. A file up to ``--max-segment`` seconds is
 decoded whole, like an evaluation clip; a longer one is cut at pauses (``whisper_lora_pl.segments``). SRT cues
-are those segments, timed from where their speech starts and ends. A file that cannot be read is reported and
-skipped; the others are still transcribed.
+are those segments, timed from where their speech starts and ends.
+
+Each file's result is written as soon as it is finished (``--resume`` skips the files already done after a crash
+or Ctrl-C). A file that cannot be read or decoded gets an error record; the others are still transcribed. The
+last line says how many failed; the exit status is 1 when any did (or no file was found), else 0.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ if __name__ == "__main__":  # before the imports below: bitsandbytes logs a noti
 import argparse
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -113,6 +117,9 @@ class _Piece:
     seconds: float
 
 
+Sink = Callable[[dict], None]
+
+
 def transcribe(
     files: list[Path],
     decoder: Decoder,
@@ -120,70 +127,111 @@ def transcribe(
     batch_size: int = 8,
     max_segment: float | None = None,
     group: int = 32,
+    sink: Sink | None = None,
 ) -> Transcripts:
     """Decode every readable file, in pieces of at most ``max_segment`` seconds (by default the model's encoder
     context, which the feature extractor pads to). Pieces are decoded ``batch_size`` at a time, longest first
     within each group of ``group`` batches (similar lengths finish together; a group's features are about 1 MB a
-    piece at 30 s)."""
+    piece at 30 s).
+
+    ``sink`` gets each file's record (or ``{"path", "error"}``) as soon as the file is finished, so a crash or a kill
+    loses only the files of the group in flight. A batch that fails to decode is decoded again clip by clip: only
+    the file whose piece fails gets an error record. ``result.records`` keep the order of ``files``."""
     context = feature_extractor.n_samples / feature_extractor.sampling_rate
     if max_segment is None:
         max_segment = context
     if not 0 < max_segment <= context:
         raise ValueError(f"max_segment must be in (0, {context:g}]: the model's encoder sees {context:g} s")
     result = Transcripts()
-    readable: list[tuple[Path, float]] = []
-    chunks_of: list[list[dict]] = []
+    files_out = _Files(decoder, result, sink or (lambda record: None))
     pending: list[_Piece] = []
     with tqdm(desc="transcribing", unit="clip") as bar:
         for path in files:
             try:
                 wave = load_audio(path)
+                segments = split(wave, SAMPLING_RATE, max_segment)
+                if len(segments) > 1:  # inside a long file, a stretch without speech is not decoded: it hallucinates
+                    segments = [s for s in segments if s.has_speech] or segments[:1]
+                pieces = [wave[segment.start : segment.end] for segment in segments]
+                features = [log_mel(feature_extractor, piece) for piece in pieces]
             except AudioError as err:
                 log.warning("skipping %s: %s", path, err)
-                result.failed[str(path)] = str(err)
+                files_out.fail(path, str(err) if str(path) in str(err) else f"{path}: {err}")
                 continue
-            segments = split(wave, SAMPLING_RATE, max_segment)
-            if len(segments) > 1:  # inside a long file, a stretch without speech is not decoded: it would hallucinate
-                segments = [s for s in segments if s.has_speech] or segments[:1]
-            for segment in segments:
-                piece = wave[segment.start : segment.end]
-                features = log_mel(feature_extractor, piece)
-                pending.append(_Piece(len(readable), segment, features, len(piece) / SAMPLING_RATE))
-            readable.append((path, len(wave) / SAMPLING_RATE))
-            chunks_of.append([])
+            file = files_out.add(path, len(wave) / SAMPLING_RATE, len(segments))
+            for segment, piece, feature in zip(segments, pieces, features, strict=True):
+                pending.append(_Piece(file, segment, feature, len(piece) / SAMPLING_RATE))
             if len(pending) >= batch_size * group:
-                _decode(pending, decoder, batch_size, chunks_of, bar)
+                _decode(pending, decoder, batch_size, files_out, bar)
                 pending = []
-        _decode(pending, decoder, batch_size, chunks_of, bar)
-
-    joiner = "" if (decoder.language or "") in CHINESE | {"ja"} else " "
-    for (path, duration), chunks in zip(readable, chunks_of, strict=True):
-        chunks.sort(key=lambda c: c["start"])
-        text = joiner.join(c["text"] for c in chunks if c["text"])
-        looped = any(c["looped"] for c in chunks)
-        result.records.append(
-            {"path": str(path), "duration": round(duration, 3), "text": text, "looped": looped, "chunks": chunks}
-        )
+        _decode(pending, decoder, batch_size, files_out, bar)
+    result.records.sort(key=lambda record: files_out.order[record["path"]])
     return result
 
 
-def _decode(pieces: list[_Piece], decoder: Decoder, batch_size: int, chunks_of: list[list[dict]], bar) -> None:
+class _Files:
+    """The files under way: their chunks as pieces are decoded, and their record once the last one is in."""
+
+    def __init__(self, decoder: Decoder, result: Transcripts, sink: Sink) -> None:
+        self.joiner = "" if (decoder.language or "") in CHINESE | {"ja"} else " "
+        self.result, self.sink = result, sink
+        self.paths: list[tuple[Path, float]] = []
+        self.chunks: list[list[dict]] = []
+        self.left: list[int] = []  # pieces not yet decoded, per file
+        self.errors: dict[int, str] = {}
+        self.order: dict[str, int] = {}
+
+    def add(self, path: Path, duration: float, pieces: int) -> int:
+        self.order[str(path)] = len(self.paths)
+        self.paths.append((path, duration))
+        self.chunks.append([])
+        self.left.append(pieces)
+        return len(self.paths) - 1
+
+    def fail(self, path: Path, error: str) -> None:
+        self.result.failed[str(path)] = error
+        self.sink({"path": str(path), "error": error})
+
+    def piece_done(self, file: int, chunk: dict | None, error: str | None = None) -> None:
+        if error is not None:
+            self.errors.setdefault(file, error)
+        else:
+            self.chunks[file].append(chunk)
+        self.left[file] -= 1
+        if self.left[file]:
+            return
+        path, duration = self.paths[file]
+        if file in self.errors:
+            log.warning("%s failed: %s", path, self.errors[file])
+            self.fail(path, f"{path}: decoding failed: {self.errors[file]}")
+            return
+        chunks = sorted(self.chunks[file], key=lambda c: c["start"])
+        text = self.joiner.join(c["text"] for c in chunks if c["text"])
+        looped = any(c["looped"] for c in chunks)
+        record = {"path": str(path), "duration": round(duration, 3), "text": text, "looped": looped, "chunks": chunks}
+        self.result.records.append(record)
+        self.sink(record)
+
+
+def _decode(pieces: list[_Piece], decoder: Decoder, batch_size: int, files: _Files, bar) -> None:
     """Decode pieces longest first and file each result as a chunk of its file."""
     pieces = sorted(pieces, key=lambda p: -p.seconds)
     bar.total = (bar.total or 0) + len(pieces)
     for start in range(0, len(pieces), batch_size):
         batch = pieces[start : start + batch_size]
         features = torch.from_numpy(np.stack([p.features for p in batch]))
-        for piece, outcome in zip(batch, decoder(features, [p.seconds for p in batch]), strict=True):
-            chunks_of[piece.file].append(
-                {
-                    "start": round(piece.segment.speech_start, 3),
-                    "end": round(piece.segment.speech_end, 3),
-                    "text": outcome.text.strip(),
-                    "looped": outcome.looped,
-                    "temperature": outcome.temperature,
-                }
-            )
+        for piece, outcome in zip(batch, decoder.isolating(features, [p.seconds for p in batch]), strict=True):
+            if isinstance(outcome, Exception):
+                files.piece_done(piece.file, None, f"{type(outcome).__name__}: {outcome}")
+                continue
+            chunk = {
+                "start": round(piece.segment.speech_start, 3),
+                "end": round(piece.segment.speech_end, 3),
+                "text": outcome.text.strip(),
+                "looped": outcome.looped,
+                "temperature": outcome.temperature,
+            }
+            files.piece_done(piece.file, chunk)
         bar.update(len(batch))
 
 
@@ -196,23 +244,67 @@ def srt(chunks: list[dict]) -> str:
     return "".join(f"{i}\n{stamp(c['start'])} --> {stamp(c['end'])}\n{c['text']}\n\n" for i, c in enumerate(cues, 1))
 
 
+class Writer:
+    """Writes each record as it comes: ``out/<name>.txt`` and ``out/<name>.srt`` per file, and a line of
+    ``out/transcripts.jsonl`` (flushed) per file, failures included.
+
+    With ``resume``, the files that already have a transcript there are kept and listed in ``done`` (the caller
+    skips them); error lines are dropped, so those files are tried again.
+    """
+
+    def __init__(self, out: Path, resume: bool = False) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        self.out = out
+        self.used: set[str] = set()
+        self.done: set[str] = set()
+        path = out / "transcripts.jsonl"
+        kept = []
+        if resume and path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:  # a line cut short by a kill
+                    continue
+                if "error" not in record:
+                    kept.append(record)
+                    self.done.add(record["path"])
+                    self._name(record["path"])  # the names the earlier run gave, in its order
+        self.jsonl = path.open("w", encoding="utf-8")
+        for record in kept:
+            self._line(record)
+
+    def _name(self, path: str) -> str:
+        name = stem = Path(path).stem
+        counter = 1
+        while name in self.used:  # two inputs with one name in different folders
+            counter += 1
+            name = f"{stem}-{counter}"
+        self.used.add(name)
+        return name
+
+    def _line(self, record: dict) -> None:
+        self.jsonl.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self.jsonl.flush()
+
+    def __call__(self, record: dict) -> None:
+        if "error" not in record:
+            name = self._name(record["path"])
+            (self.out / f"{name}.txt").write_text(record["text"] + "\n", encoding="utf-8")
+            (self.out / f"{name}.srt").write_text(srt(record["chunks"]), encoding="utf-8")
+        self._line(record)
+
+    def close(self) -> None:
+        self.jsonl.close()
+
+
 def write(result: Transcripts, out: Path) -> None:
-    """``out/<name>.txt`` and ``out/<name>.srt`` per file, ``out/transcripts.jsonl`` for all (failures included)."""
-    out.mkdir(parents=True, exist_ok=True)
-    used: set[str] = set()
-    with (out / "transcripts.jsonl").open("w", encoding="utf-8") as jsonl:
-        for record in result.records:
-            name = stem = Path(record["path"]).stem
-            counter = 1
-            while name in used:  # two inputs with one name in different folders
-                counter += 1
-                name = f"{stem}-{counter}"
-            used.add(name)
-            (out / f"{name}.txt").write_text(record["text"] + "\n", encoding="utf-8")
-            (out / f"{name}.srt").write_text(srt(record["chunks"]), encoding="utf-8")
-            jsonl.write(json.dumps(record, ensure_ascii=False) + "\n")
-        for path, error in result.failed.items():
-            jsonl.write(json.dumps({"path": path, "error": error}, ensure_ascii=False) + "\n")
+    """Write a finished run at once (records, then failures): what :class:`Writer` writes as a run goes."""
+    writer = Writer(out)
+    for record in result.records:
+        writer(record)
+    for path, error in result.failed.items():
+        writer({"path": path, "error": error})
+    writer.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -234,6 +326,12 @@ def main(argv: list[str] | None = None) -> int:
         "longer files are cut at pauses (lower it for shorter subtitle cues)",
     )
     parser.add_argument("--stride", type=float, help="ignored (kept for old scripts): pieces are cut at pauses")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the transcripts already in OUT/transcripts.jsonl and transcribe only the other files "
+        "(files that failed there are tried again)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--dtype", choices=list(DTYPES), help="cast the model (e.g. float16 on a GPU)")
     args = parser.parse_args(argv)
@@ -245,14 +343,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.task:
         info = replace(info, task=args.task)
     decoder = decoder_for(model, processor, info, args.language)
-    result = transcribe(files, decoder, processor.feature_extractor, args.batch_size, args.max_segment)
-    write(result, args.out)
+    writer = Writer(args.out, resume=args.resume)
+    todo = [path for path in files if str(path) not in writer.done]
+    result = Transcripts()
+    try:
+        result = transcribe(todo, decoder, processor.feature_extractor, args.batch_size, args.max_segment, sink=writer)
+    except KeyboardInterrupt:
+        print(f"interrupted: the files finished so far are in {args.out / 'transcripts.jsonl'}; --resume goes on")
+        return 130
+    finally:
+        writer.close()
     looped = sum(r["looped"] for r in result.records)
+    earlier = f", {len(files) - len(todo)} done before (--resume)" if len(todo) < len(files) else ""
     print(
-        f"{len(result.records)} transcribed ({looped} looped), {len(result.failed)} failed: "
+        f"{len(result.records)} transcribed ({looped} looped){earlier}, {len(result.failed)} failed: "
         f"{args.out / 'transcripts.jsonl'}"
     )
-    return 0 if result.records or not files else 1
+    return 1 if result.failed or not files else 0
 
 
 if __name__ == "__main__":
