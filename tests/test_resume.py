@@ -19,15 +19,16 @@ from whisper_lora_pl.sources import CommonVoiceFolder
 TINY = str(REPO / "configs" / "tiny-cpu.yaml")
 
 
-def checkpointing(folder: Path) -> Path:
+def checkpointing(folder: Path, every_n_epochs: int = 1, name: str = "checkpointing.yaml") -> Path:
     """A second --config: last.ckpt in a fixed folder, written on exceptions too, as the shipped configs do."""
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "checkpointing.yaml"
+    path = folder / name
     path.write_text(
         f"""trainer:
   callbacks:
     - class_path: lightning.pytorch.callbacks.ModelCheckpoint
-      init_args: {{dirpath: {folder / "checkpoints"}, save_last: true, save_on_exception: true}}
+      init_args: {{dirpath: {folder / "checkpoints"}, save_last: true, save_on_exception: true,
+                  every_n_epochs: {every_n_epochs}}}
 """
     )
     return path
@@ -128,23 +129,32 @@ def test_atomic_save_never_leaves_a_half_written_file(tmp_path, monkeypatch):
 
 
 class PoisonBatch(L.Callback):
-    """Turns the inputs of one batch into NaN, as an overflow or a corrupt feature would."""
+    """Turns the inputs of one batch into NaN, as a corrupt feature would, or (``weights``) an adapter weight into
+    Inf before that batch, as a diverged training would: the loss is then non-finite on finite input."""
 
-    def __init__(self, at: int) -> None:
-        self.at = at
+    def __init__(self, at: int, poison: str = "features") -> None:
+        self.at, self.poison = at, poison
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
-        if batch_idx == self.at:
+        if batch_idx != self.at:
+            return
+        if self.poison == "features":
             batch["input_features"].fill_(float("nan"))
+        else:
+            next(p for p in module.parameters() if p.requires_grad).data.fill_(float("inf"))
 
 
-def nan_run(tiny_model, cv_release, policy: str) -> WhisperLoRA:
+def nan_run(tiny_model, cv_release, policy: str, poison: str = "features") -> WhisperLoRA:
     module = WhisperLoRA(tiny_model, on_nonfinite_loss=policy, warmup_steps=0)
     data = WhisperDataModule(
         CommonVoiceFolder(str(cv_release)), tiny_model, train_split="train", val_split=None, batch_size=2, num_workers=0
     )
     trainer = L.Trainer(
-        accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False, callbacks=[PoisonBatch(at=1)]
+        accelerator="cpu",
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        callbacks=[PoisonBatch(at=1, poison=poison)],
     )
     trainer.fit(module, datamodule=data)
     return module
@@ -163,12 +173,12 @@ def test_non_finite_loss_can_be_skipped_and_counted(tiny_model, cv_release):
 
 @pytest.mark.parametrize(("signum", "exit_code"), [(signal.SIGTERM, 143), (signal.SIGINT, 1)])
 def test_a_signal_during_training_leaves_a_resumable_checkpoint(tiny_model, cv_release, tmp_path, signum, exit_code):
-    """Preemption: the run stops at a step boundary, writes last.ckpt and exits without a traceback."""
+    """Preemption: the run stops at a step boundary, writes last.ckpt and exits without a traceback. The run saves
+    last.ckpt at no epoch end (every_n_epochs is out of reach), so a last.ckpt can only be the one the signal wrote."""
+    at_signal_only = checkpointing(tmp_path, every_n_epochs=1_000_000, name="at-signal-only.yaml")
     args = [
         "--config",
         TINY,
-        "--config",
-        str(checkpointing(tmp_path)),
         f"--model.model_name={tiny_model}",
         f"--data.source.init_args.root={cv_release}",
         "--trainer.limit_val_batches=0",
@@ -179,8 +189,7 @@ def test_a_signal_during_training_leaves_a_resumable_checkpoint(tiny_model, cv_r
     steps = tmp_path / "steps"
     every_step = tmp_path / "every-step.yaml"
     every_step.write_text(
-        (tmp_path / "checkpointing.yaml").read_text()
-        + f"    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
+        at_signal_only.read_text() + f"    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
         f"      init_args: {{dirpath: {steps}, every_n_train_steps: 1, save_top_k: -1}}\n"
     )
     process = train_py(
@@ -205,7 +214,9 @@ def test_a_signal_during_training_leaves_a_resumable_checkpoint(tiny_model, cv_r
     assert process.returncode == exit_code, stderr[-3000:]
     assert "Traceback" not in stderr, stderr[-3000:]
     step = torch.load(last, weights_only=False)["global_step"]
-    assert step > 0
-    resumed = train_py("fit", *args, f"--trainer.max_steps={step + 1}", "--ckpt_path=last", cwd=tmp_path)
+    written = max(int(p.stem.split("step=")[1]) for p in steps.glob("*.ckpt"))
+    assert step in (written, written + 1)  # the step under way when the signal came, not an earlier save
+    resume = [*args, "--config", str(checkpointing(tmp_path)), f"--trainer.max_steps={step + 1}", "--ckpt_path=last"]
+    resumed = train_py("fit", *resume, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert torch.load(last, weights_only=False)["global_step"] == step + 1

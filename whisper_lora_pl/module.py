@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-import math
+import logging
+from collections import Counter
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -14,9 +15,9 @@ from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics.aggregation import SumMetric
-from transformers import WhisperProcessor
+from transformers import WhisperProcessor, get_scheduler
 
-from whisper_lora_pl.collate import IGNORE_INDEX
+from whisper_lora_pl.collate import IGNORE_INDEX, has_clips
 from whisper_lora_pl.convert import resolve_model_name
 from whisper_lora_pl.decode import Decoded, Decoder, DecodingSettings
 from whisper_lora_pl.dist import gather_objects
@@ -32,22 +33,25 @@ from whisper_lora_pl.model import (
 from whisper_lora_pl.rng import gather_rng_states, set_rng_states
 from whisper_lora_pl.text import ErrorRates
 
+log = logging.getLogger(__name__)
+
 Schedule = Literal["linear", "cosine", "constant"]
 STEP_OK, STEP_EMPTY, STEP_NONFINITE = 0, 1, 2  # a training step's outcome, reduced with max over ranks
+PASS_COUNTS = {
+    "train": ("clips", "skipped_clips"),
+    "val": ("clips", "skipped_clips", "looped", "retried"),
+    "test": ("clips", "skipped_clips", "looped", "retried"),
+}
 
 
-def warmup_then(schedule: Schedule, warmup_steps: int, total_steps: int):
-    """Multiplier for ``LambdaLR``: linear warmup, then linear or cosine decay to zero (HF Trainer's shapes)."""
+#: our schedule names -> transformers' (``constant`` keeps the warmup, as the Trainer's ``constant_with_warmup``)
+SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
 
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / (warmup_steps + 1)
-        if schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return 1.0 - progress if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
 
-    return factor
+def warmup_then(optimizer: torch.optim.Optimizer, schedule: Schedule, warmup_steps: int, total_steps: int) -> LambdaLR:
+    """transformers' own schedules (``get_scheduler``), so every step's learning rate is the HF Trainer's: linear
+    warmup from 0 at step 0 (``s / w``), then linear or cosine decay to zero at ``total_steps``, or constant."""
+    return get_scheduler(SCHEDULES[schedule], optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps)
 
 
 class WhisperLoRA(L.LightningModule):
@@ -120,10 +124,16 @@ class WhisperLoRA(L.LightningModule):
         self.strict_loading = False  # checkpoints hold the adapters only; on_load_checkpoint checks them
         self.val_rates = ErrorRates(language, prefix="val/")
         self.test_rates = ErrorRates(language, prefix="test/")
-        # clips whose decoding hit its token budget or stayed a repetition, and clips the guard decoded again
-        self.loop_counts = torch.nn.ModuleDict(
-            {stage: torch.nn.ModuleDict({"looped": SumMetric(), "retried": SumMetric()}) for stage in ("val", "test")}
+        # per pass: clips scored (trained on), clips skipped (unreadable, non-finite, failed to decode), clips whose
+        # decoding hit its token budget or stayed a repetition, and clips the guard decoded again
+        self.counts = torch.nn.ModuleDict(
+            {
+                f"{stage}_pass": torch.nn.ModuleDict({name: SumMetric() for name in names})
+                for stage, names in PASS_COUNTS.items()  # ("train" would shadow Module.train)
+            }
         )
+        self._skip_reasons: Counter = Counter()  # why clips were skipped in the pass under way (this rank)
+        self._partial = None  # predict: this rank's records, written as each batch is decoded
         self._over_budget = 0  # references longer than their clip's token budget, in the pass under way
         self._examples: list[tuple[str, str]] = []
         self.skipped_steps = 0
@@ -168,25 +178,83 @@ class WhisperLoRA(L.LightningModule):
     def forward(self, input_features: torch.Tensor, labels: torch.Tensor | None = None):
         return self.model(input_features=input_features, labels=labels)
 
-    def training_step(self, batch: dict[str, torch.Tensor] | None, batch_idx: int) -> torch.Tensor | None:
-        # a batch whose clips all failed to decode (each was warned about) arrives as None
-        loss = None if batch is None else self(batch["input_features"], batch["labels"]).loss
+    def training_step(self, batch: dict | None, batch_idx: int) -> torch.Tensor | None:
+        # clips that failed to decode were warned about in the worker and are counted here; a batch may hold none
+        self._count_skips(batch, "train")
+        loss = self(batch["input_features"], batch["labels"]).loss if has_clips(batch) else None
         status = STEP_EMPTY if loss is None else (STEP_OK if torch.isfinite(loss) else STEP_NONFINITE)
         # every rank takes the same decision: one rank skipping backward alone would hang DDP's all-reduce
         status = int(self.trainer.strategy.reduce(torch.tensor(status, device=self.device), reduce_op="max"))
-        if status == STEP_NONFINITE and self.hparams.on_nonfinite_loss == "stop":
-            raise FloatingPointError(
-                f"non-finite loss at step {self.global_step} (batch {batch_idx}); set model.on_nonfinite_loss: skip "
-                "to drop such steps, or lower the learning rate"
-            )
+        if status == STEP_NONFINITE:
+            fault = self._nonfinite_fault(batch, batch_idx, loss)
+            if self.hparams.on_nonfinite_loss == "stop":
+                raise FloatingPointError(f"{fault}; or set model.on_nonfinite_loss: skip to drop such steps")
+            log.warning("%s; the step is skipped (model.on_nonfinite_loss: skip)", fault)
         if status != STEP_OK:
             self.skipped_steps += 1
             self.log("train/skipped_steps", float(self.skipped_steps), batch_size=1)
             return None
         size = len(batch["labels"])
+        self._counts("train")["clips"].update(size)
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], prog_bar=False, batch_size=size)
         return loss
+
+    def _nonfinite_fault(self, batch: dict | None, batch_idx: int, loss: torch.Tensor | None) -> str:
+        """What a non-finite loss comes from: the clips of the batch, and whether their input was already bad."""
+        where = f"non-finite loss at step {self.global_step} (batch {batch_idx})"
+        if loss is None or bool(torch.isfinite(loss)):
+            return f"{where} on another rank: that rank's message names its clips"
+        features = batch["input_features"]
+        bad = [clip for clip, ok in zip(batch["id"], torch.isfinite(features).flatten(1).all(1), strict=True) if not ok]
+        if bad:
+            return f"{where}: the input features of clips {bad} are not finite: remove or re-encode them"
+        return f"{where} on finite input (clips {list(batch['id'])}): the training diverged; lower the learning rate"
+
+    def _counts(self, stage: str) -> torch.nn.ModuleDict:
+        return self.counts[f"{stage}_pass"]
+
+    def _count_skips(self, batch: dict | None, stage: str) -> None:
+        skipped = (batch or {}).get("skipped", {})
+        if skipped:
+            self._skip_reasons.update(skipped.values())
+            self._counts(stage)["skipped_clips"].update(len(skipped))
+
+    def _report_skips(self, stage: str) -> dict[str, float]:
+        """Clips scored (or trained on) and skipped in this pass, over all ranks; a skip is said, with its reasons."""
+        counts = {name: int(self._counts(stage)[name].compute().item()) for name in ("clips", "skipped_clips")}
+        reasons: Counter = sum((Counter(part) for part in gather_objects(self._skip_reasons)), Counter())
+        self._skip_reasons = Counter()
+        if counts["skipped_clips"]:
+            why = ", ".join(f"{n} {reason}" for reason, n in sorted(reasons.items()))
+            verb = "trained on" if stage == "train" else "scored"
+            rank_zero_warn(
+                f"{stage}: {verb} {counts['clips']} clips; {counts['skipped_clips']} skipped ({why}), each named in "
+                "the log above"
+            )
+        return {f"{stage}/{name}": float(value) for name, value in counts.items()}
+
+    def _start_counts(self, stage: str) -> None:
+        """Every count starts the pass at 0, on every rank: computing a metric never updated warns, and its sync
+        must not depend on whether this rank saw a skip."""
+        for metric in self._counts(stage).values():
+            metric.update(0)
+
+    def on_train_epoch_start(self) -> None:
+        self._start_counts("train")
+
+    def on_validation_epoch_start(self) -> None:
+        self._start_counts("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._start_counts("test")
+
+    def on_train_epoch_end(self) -> None:
+        values = self._report_skips("train")
+        for metric in self._counts("train").values():
+            metric.reset()
+        rank_zero_info(f"epoch {self.current_epoch}: trained on {int(values['train/clips'])} clips")
+        self.log_dict(values, batch_size=1)
 
     def decode(self, input_features: torch.Tensor, durations: list[float] | None = None) -> list[Decoded]:
         """The shared decoding (``whisper_lora_pl.decode``): trained prompt, budget from each clip's seconds of
@@ -198,38 +266,58 @@ class WhisperLoRA(L.LightningModule):
     def transcribe(self, input_features: torch.Tensor, durations: list[float] | None = None) -> list[str]:
         return [result.text for result in self.decode(input_features, durations)]
 
-    def _evaluate(self, batch: dict[str, torch.Tensor] | None, stage: str, batch_idx: int) -> None:
+    def _decode_batch(self, batch: dict) -> tuple[list[int], list[Decoded], dict[str, str]]:
+        """The rows that decoded and their results, and the clips whose decoding failed (id -> error), each warned
+        about: a failure costs only the clip behind it."""
+        results = self.decoder.isolating(batch["input_features"], batch["duration"].tolist())
+        failed = {clip: str(r) for clip, r in zip(batch["id"], results, strict=True) if isinstance(r, Exception)}
+        for clip, error in failed.items():
+            log.warning("skipping clip %s: decoding failed: %s", clip, error)
+        rows = [row for row, result in enumerate(results) if not isinstance(result, Exception)]
+        return rows, [results[row] for row in rows], failed
+
+    def _evaluate(self, batch: dict | None, stage: str, batch_idx: int) -> None:
         if batch is None:
             return
+        self._count_skips(batch, stage)
+        counts = self._counts(stage)
+        if has_clips(batch):
+            rows, results, failed = self._decode_batch(batch)
+            self._count_skips({"skipped": dict.fromkeys(failed, "decoding failed")}, stage)
+            if rows:
+                self._score(batch, rows, results, stage, batch_idx)
+            counts["looped"].update(sum(result.looped for result in results))
+            counts["retried"].update(sum(result.attempts > 1 for result in results))
+            counts["clips"].update(len(rows))
+        for name, metric in counts.items():
+            self.log(f"{stage}/{name}", metric, batch_size=1)
+
+    def _score(self, batch: dict, rows: list[int], results: list[Decoded], stage: str, batch_idx: int) -> None:
         rates = self.val_rates if stage == "val" else self.test_rates
-        durations = batch["duration"].tolist()
-        results = self.decode(batch["input_features"], durations)
+        labels = batch["labels"][rows]
+        durations = batch["duration"][rows].tolist()
         hypotheses = [result.text for result in results]
-        labels = batch["labels"].masked_fill(batch["labels"] == IGNORE_INDEX, self.processor.tokenizer.pad_token_id)
-        references = self.processor.batch_decode(labels, skip_special_tokens=True)
+        references = self.processor.batch_decode(
+            labels.masked_fill(labels == IGNORE_INDEX, self.processor.tokenizer.pad_token_id), skip_special_tokens=True
+        )
         # labels are [<|lang|>][<|task|>]<|notimestamps|> text <|endoftext|>: the text's tokens are the rest
         around_text = 2 + bool(self.hparams.language) + bool(self.hparams.task)
-        reference_tokens = ((batch["labels"] != IGNORE_INDEX).sum(1) - around_text).tolist()
+        reference_tokens = ((labels != IGNORE_INDEX).sum(1) - around_text).tolist()
         self._over_budget += sum(n > b for n, b in zip(reference_tokens, self.decoder.budgets(durations), strict=True))
         normal_hyps, normal_refs = rates.update(hypotheses, references)
-        rows = zip(batch["id"], references, results, normal_refs, normal_hyps, strict=True)
-        for clip, ref, result, n_ref, n_hyp in rows:
+        ids = [batch["id"][row] for row in rows]
+        for clip, ref, result, n_ref, n_hyp in zip(ids, references, results, normal_refs, normal_hyps, strict=True):
             record = {"id": clip, "reference": ref, "hypothesis": result.text, "normalized_reference": n_ref}
             record |= {"normalized_hypothesis": n_hyp} | rates.utterance(n_hyp, n_ref) | result.report()
             self._records.append(record)
         if batch_idx == 0:
             self._examples = list(zip(references, hypotheses, strict=True))[: self.hparams.log_examples]
-        size = len(hypotheses)
-        self.log_dict(rates.metrics, prog_bar=True, batch_size=size)
-        counts = self.loop_counts[stage]
-        counts["looped"].update(sum(result.looped for result in results))
-        counts["retried"].update(sum(result.attempts > 1 for result in results))
-        for name, metric in counts.items():
-            self.log(f"{stage}/{name}", metric, batch_size=size)
+        self.log_dict(rates.metrics, prog_bar=True, batch_size=len(hypotheses))
 
-    def _report_loops(self, stage: str, records_name: str) -> dict[str, float]:
-        """Say how many clips looped or were retried (a loop must be seen, not averaged into the CER)."""
-        counts = {name: int(metric.compute().item()) for name, metric in self.loop_counts[stage].items()}
+    def _report_pass(self, stage: str, records_name: str) -> dict[str, float]:
+        """Say how many clips were scored and skipped, and how many looped or were retried (a loop must be seen,
+        not averaged into the CER; a CER over fewer clips than the split must be visible)."""
+        counts = {name: int(self._counts(stage)[name].compute().item()) for name in ("looped", "retried")}
         if counts["looped"]:
             rank_zero_warn(
                 f"{stage}: {counts['looped']} clips looped (hit their token budget or kept repeating) and "
@@ -242,7 +330,7 @@ class WhisperLoRA(L.LightningModule):
                 f"{stage}: {over} reference transcripts are longer than their clip's token budget: raise "
                 "model.decoding.tokens_per_second (or min_tokens) so that decoding can write them"
             )
-        return {f"{stage}/{name}": float(value) for name, value in counts.items()}
+        return self._report_skips(stage) | {f"{stage}/{name}": float(value) for name, value in counts.items()}
 
     def _report_examples(self, stage: str) -> None:
         for reference, hypothesis in self._examples:
@@ -271,11 +359,12 @@ class WhisperLoRA(L.LightningModule):
         if self.trainer.sanity_checking and self.trainer.num_sanity_val_steps != float("inf"):
             self._records = []
             self._over_budget = 0
+            self._skip_reasons = Counter()
             return  # a partial sanity check says nothing about the split
         when = "before training" if self.trainer.sanity_checking else f"step {self.global_step}"
         name = "val-before-training" if self.trainer.sanity_checking else f"val-step{self.trained_steps}"
         values = {name: value.item() for name, value in self.val_rates.metrics.compute().items()}
-        values |= self._report_loops("val", name)
+        values |= self._report_pass("val", name)
         self.eval_history.append((when, values))
         rank_zero_info(f"{when}: " + "  ".join(f"{k} {v:.4g}" for k, v in values.items()))
         self._write_records(name)
@@ -297,7 +386,7 @@ class WhisperLoRA(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._report_examples("test")
-        self._report_loops("test", f"test-step{self.trained_steps}")
+        self._report_pass("test", f"test-step{self.trained_steps}")
         self._write_records(f"test-step{self.trained_steps}")
 
     def on_test_end(self) -> None:
@@ -305,19 +394,36 @@ class WhisperLoRA(L.LightningModule):
 
     def on_predict_start(self) -> None:
         self._begin_pass()
+        log_dir = self.trainer.log_dir  # a collective: every rank asks
+        if log_dir:  # each rank's records as each batch is decoded: a crash or kill keeps what was done
+            path = Path(log_dir) / "predictions" / f"predict.rank{self.trainer.global_rank}.partial.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._partial = path.open("w", encoding="utf-8")
 
-    def predict_step(self, batch: dict[str, torch.Tensor] | None, batch_idx: int) -> list[str]:
+    def predict_step(self, batch: dict | None, batch_idx: int) -> list[str]:
+        """Texts of the clips that decoded; every clip gets a record, with ``error`` where it was skipped."""
         if batch is None:
             return []
-        results = self.decode(batch["input_features"], batch["duration"].tolist())
-        self._records.extend(
-            {"id": clip, "hypothesis": result.text} | result.report()
-            for clip, result in zip(batch["id"], results, strict=True)
-        )
-        return [result.text for result in results]
+        new = [{"id": clip, "error": reason} for clip, reason in batch.get("skipped", {}).items()]
+        texts = []
+        if has_clips(batch):
+            rows, results, failed = self._decode_batch(batch)
+            new += [{"id": clip, "error": f"decoding failed: {error}"} for clip, error in failed.items()]
+            for row, result in zip(rows, results, strict=True):
+                new.append({"id": batch["id"][row], "hypothesis": result.text} | result.report())
+                texts.append(result.text)
+        self._records.extend(new)
+        if self._partial is not None:
+            self._partial.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in new))
+            self._partial.flush()
+        return texts
 
     def on_predict_epoch_end(self) -> None:
         self._write_records("predict")
+        if self._partial is not None:  # the whole pass is in predict.jsonl now
+            self._partial.close()
+            Path(self._partial.name).unlink()
+            self._partial = None
 
     def on_predict_end(self) -> None:
         self._end_pass()
@@ -342,7 +448,7 @@ class WhisperLoRA(L.LightningModule):
         params = [p for p in self.parameters() if p.requires_grad]
         optimizer = self.optimizer_factory(params)
         total = int(self.trainer.estimated_stepping_batches)
-        schedule = LambdaLR(optimizer, warmup_then(self.hparams.lr_schedule, self.hparams.warmup_steps, total))
+        schedule = warmup_then(optimizer, self.hparams.lr_schedule, self.hparams.warmup_steps, total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def trainable_keys(self) -> set[str]:
