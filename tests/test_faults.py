@@ -264,3 +264,16 @@ def test_a_non_finite_loss_names_the_clips_and_the_fault(tiny_model, cv_release)
         nan_run(tiny_model, cv_release, "stop")
     with pytest.raises(FloatingPointError, match=r"on finite input \(clips \['common_voice.*lower the learning rate"):
         nan_run(tiny_model, cv_release, "stop", poison="weights")
+
+
+def test_predict_keeps_a_record_for_every_clip(tiny_model, battery, tmp_path):
+    """Every clip that reached the workers gets a record: its text, or the error that skipped it."""
+    root, files = battery
+    main(["predict", *_battery_args(tiny_model, root, tmp_path, "--data.predict_split=train")])
+    (path,) = tmp_path.glob("**/predictions/predict.jsonl")
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    errors = {r["id"]: r["error"] for r in records if "error" in r}
+    assert errors == {name: files[name] for name in DECODE_TIME}
+    kept_short = {"few-ms.wav"}  # predict transcribes clips under data.min_duration too
+    assert {r["id"] for r in records if "hypothesis" in r} == {n for n, r in files.items() if r == "good"} | kept_short
+    assert not list(path.parent.glob("*.partial.jsonl"))  # the partial records are in predict.jsonl now
