@@ -23,7 +23,7 @@ from gpu_train_memory import LARGE_V2, make_model_folder  # beside this script
 from transformers import WhisperTokenizer
 
 from whisper_lora_pl.decode import Decoder, DecodingSettings
-from whisper_lora_pl.export import RunInfo, with_adapters
+from whisper_lora_pl.merging import RunInfo, with_adapters
 from whisper_lora_pl.model import LoraSettings, build_whisper_lora
 
 TINY = LARGE_V2 | dict(d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,

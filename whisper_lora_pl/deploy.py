@@ -15,7 +15,7 @@ from pathlib import Path
 from transformers import WhisperConfig, WhisperFeatureExtractor
 
 from whisper_lora_pl.decode import WINDOW_SECONDS
-from whisper_lora_pl.export import RunInfo
+from whisper_lora_pl.merging import RunInfo
 from whisper_lora_pl.model import POSITIONS_PER_SECOND
 
 

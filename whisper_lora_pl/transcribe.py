@@ -39,8 +39,8 @@ from transformers import WhisperForConditionalGeneration, WhisperProcessor
 from whisper_lora_pl.audio import AUDIO_SUFFIXES, SAMPLING_RATE, AudioError, load_audio
 from whisper_lora_pl.convert import resolve_model_name
 from whisper_lora_pl.decode import Decoder
-from whisper_lora_pl.export import DTYPES, RunInfo, load_checkpoint, processor_for, trained_base
 from whisper_lora_pl.features import log_mel
+from whisper_lora_pl.merging import DTYPES, RunInfo, load_checkpoint, processor_for, trained_base
 from whisper_lora_pl.segments import Segment, split
 from whisper_lora_pl.text import CHINESE
 
