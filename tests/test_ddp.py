@@ -65,3 +65,77 @@ def test_fit_with_ddp_on_two_processes_validates_as_one_process_does(tiny_model,
     )
     assert one.returncode == 0, one.stderr[-3000:]
     assert validation_metrics(tmp_path / "run") == pytest.approx(validation_metrics(tmp_path / "one"), abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def eight_clips(tmp_path_factory) -> Path:
+    """Eight training clips: on 2 ranks in batches of 2, an epoch is 2 steps."""
+    sentences = ["今天天气很好", "我们去公园", "这是测试", "请关门", "他喝茶", "明天见", "周末去学校", "下雨了"]
+    return make_cv_release(tmp_path_factory.mktemp("eight"), {"train": sentences, "test": sentences[:2]})
+
+
+def ddp_fit(tiny_model, corpus, folder: Path, *extra: str, devices: int = 2):
+    """A DDP fit through train.py, saving last.ckpt in ``folder/checkpoints`` (on exceptions too)."""
+    checkpointing = folder / "checkpointing.yaml"
+    folder.mkdir(parents=True, exist_ok=True)
+    checkpointing.write_text(
+        "trainer:\n  callbacks:\n    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
+        f"      init_args: {{dirpath: {folder / 'checkpoints'}, save_last: true}}\n"
+    )
+    args = [*common(tiny_model, corpus, folder), "--config", str(checkpointing), "--trainer.limit_val_batches=0"]
+    ddp = ["--trainer.strategy=ddp", f"--trainer.devices={devices}", "--trainer.accelerator=cpu"]
+    result = train_py("fit", *args, *(ddp if devices > 1 else []), *extra, cwd=folder)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def step_losses(folder: Path) -> dict[int, float]:
+    (path,) = folder.glob("**/metrics.csv")
+    with path.open() as handle:
+        return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(handle) if r.get("train/loss")}
+
+
+def lora(folder: Path) -> dict[str, torch.Tensor]:
+    return torch.load(folder / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+
+
+def test_ddp_resume_mid_epoch_continues_exactly_and_another_world_size_warns(tiny_model, eight_clips, tmp_path):
+    ddp_fit(tiny_model, eight_clips, tmp_path / "straight", "--trainer.max_steps=4")
+    ddp_fit(tiny_model, eight_clips, tmp_path / "split", "--trainer.max_steps=1")  # inside epoch 0
+    ddp_fit(tiny_model, eight_clips, tmp_path / "split", "--trainer.max_steps=4", "--ckpt_path=last")
+    whole, split = step_losses(tmp_path / "straight"), {}
+    for path in (tmp_path / "split").glob("**/metrics.csv"):  # one log folder per launch
+        split |= step_losses(path.parent)
+    assert sorted(whole) == [0, 1, 2, 3] and sorted(split) == [0, 1, 2, 3]
+    assert split == pytest.approx(whole, abs=1e-6)
+    theirs, ours = lora(tmp_path / "straight"), lora(tmp_path / "split")
+    assert theirs.keys() == ours.keys() and all(torch.allclose(theirs[k], ours[k], atol=1e-7) for k in theirs)
+
+    # the 2-rank checkpoint resumed by one process: it runs, and says it cannot be exact
+    (tmp_path / "one" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "one" / "checkpoints" / "last.ckpt").write_bytes(
+        (tmp_path / "split/checkpoints/last.ckpt").read_bytes()
+    )
+    one = ddp_fit(tiny_model, eight_clips, tmp_path / "one", "--trainer.max_steps=5", "--ckpt_path=last", devices=1)
+    assert "the checkpoint was written by 2 processes and this run has 1" in one.stderr
+
+
+def test_a_non_finite_loss_on_one_rank_is_skipped_on_both(tiny_model, eight_clips, tmp_path):
+    poison = {"class_path": "tests.test_resume.PoisonBatch", "init_args": {"at": 1, "rank": 1}}
+    result = ddp_fit(
+        tiny_model,
+        eight_clips,
+        tmp_path,
+        "--trainer.max_steps=2",
+        "--model.on_nonfinite_loss=skip",
+        f"--trainer.callbacks+={json.dumps(poison)}",
+    )
+    # rank 1 names its clips; the step is skipped on both ranks together (DDP refuses a None step: no crash, no
+    # hang), and its update is dropped whole: the weights are those after step 1 (AdamW would move them on a zero
+    # gradient)
+    assert "non-finite loss at step 1 (batch 1): the input features of clips ['common_voice" in result.stderr
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert (state["global_step"], state["skipped_steps"]) == (2, 1)
+    ddp_fit(tiny_model, eight_clips, tmp_path / "one-step", "--trainer.max_steps=1")
+    after_one = lora(tmp_path / "one-step")
+    assert all(torch.equal(after_one[k], v) for k, v in state["state_dict"].items())

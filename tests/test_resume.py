@@ -132,11 +132,11 @@ class PoisonBatch(L.Callback):
     """Turns the inputs of one batch into NaN, as a corrupt feature would, or (``weights``) an adapter weight into
     Inf before that batch, as a diverged training would: the loss is then non-finite on finite input."""
 
-    def __init__(self, at: int, poison: str = "features") -> None:
-        self.at, self.poison = at, poison
+    def __init__(self, at: int, poison: str = "features", rank: int | None = None) -> None:
+        self.at, self.poison, self.rank = at, poison, rank
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
-        if batch_idx != self.at:
+        if batch_idx != self.at or self.rank not in (None, trainer.global_rank):
             return
         if self.poison == "features":
             batch["input_features"].fill_(float("nan"))
@@ -216,7 +216,13 @@ def test_a_signal_during_training_leaves_a_resumable_checkpoint(tiny_model, cv_r
     step = torch.load(last, weights_only=False)["global_step"]
     written = max(int(p.stem.split("step=")[1]) for p in steps.glob("*.ckpt"))
     assert step in (written, written + 1)  # the step under way when the signal came, not an earlier save
-    resume = [*args, "--config", str(checkpointing(tmp_path)), f"--trainer.max_steps={step + 1}", "--ckpt_path=last"]
+    every_step_last = tmp_path / "every-step-last.yaml"  # last.ckpt after every step: the run may end mid-epoch
+    every_step_last.write_text(
+        "trainer:\n  callbacks:\n    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
+        f"      init_args: {{dirpath: {last.parent}, save_last: true, every_n_train_steps: 1,\n"
+        "                  enable_version_counter: false}\n"
+    )
+    resume = [*args, "--config", str(every_step_last), f"--trainer.max_steps={step + 1}", "--ckpt_path=last"]
     resumed = train_py("fit", *resume, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert torch.load(last, weights_only=False)["global_step"] == step + 1

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from transformers import WhisperConfig, WhisperProcessor
 
 from whisper_lora_pl.audio import AudioError, audio_duration
-from whisper_lora_pl.collate import SpeechCollator, UnrepeatedDistributedSampler
+from whisper_lora_pl.collate import EpochDistributedSampler, SpeechCollator, UnrepeatedDistributedSampler
 from whisper_lora_pl.convert import resolve_model_name
 from whisper_lora_pl.dataset import PreparedSplit, SpeechDataset
 from whisper_lora_pl.features import set_feature_context
@@ -51,6 +51,8 @@ class WhisperDataModule(L.LightningDataModule):
         context_seconds: the encoder's context (linked from the model): features are padded to it, and clips
             longer than it are skipped too.
         probe_threads: threads that read audio headers while filtering.
+        shuffle_seed: seed of the training order under DDP: epoch e is shuffled from ``shuffle_seed + e`` and
+            sharded across ranks, a pure function of both, so a resumed run replays it exactly.
     """
 
     def __init__(
@@ -72,6 +74,7 @@ class WhisperDataModule(L.LightningDataModule):
         min_duration: float = 0.1,
         context_seconds: float = 30.0,
         probe_threads: int = 8,
+        shuffle_seed: int = 0,
     ) -> None:
         super().__init__()
         self.source = source
@@ -95,6 +98,7 @@ class WhisperDataModule(L.LightningDataModule):
         self.min_duration = min_duration
         self.context_seconds = context_seconds
         self.probe_threads = probe_threads
+        self.shuffle_seed = shuffle_seed
         self.processor: WhisperProcessor | None = None
         self.max_label_length = 0  # the decoder's limit, read from the model's config in setup
         self.prepared: dict[Stage, PreparedSplit] = {}
@@ -194,12 +198,23 @@ class WhisperDataModule(L.LightningDataModule):
 
     def _loader(self, stage: Stage, batch_size: int, shuffle: bool) -> DataLoader:
         """Training uses a stateful loader, so a checkpoint taken mid-epoch resumes at the next batch, not at the
-        start of the epoch; evaluation shards with a sampler that repeats no clip under DDP."""
+        start of the epoch; evaluation shards with a sampler that repeats no clip under DDP.
+
+        Under DDP, training shards with a seeded ``DistributedSampler`` of our own (Lightning keeps it): left to
+        Lightning, torchdata's stateful shuffle (not a torch ``RandomSampler``) is wrapped in a
+        ``DistributedSamplerWrapper`` that reshuffles from the global random state, and a resumed run trained on
+        other clips than the unbroken one (measured: another order from the first resumed step)."""
         dataset = self.dataset(stage)
         sampler = None
         trainer = self.trainer
-        if stage != "train" and trainer is not None and trainer.world_size > 1:
-            sampler = UnrepeatedDistributedSampler(dataset, trainer.world_size, trainer.global_rank)
+        if trainer is not None and trainer.world_size > 1:
+            if stage == "train":
+                sampler = EpochDistributedSampler(
+                    dataset, trainer.world_size, trainer.global_rank, self.shuffle_seed, lambda: trainer.current_epoch
+                )
+                shuffle = False  # the sampler shuffles
+            else:
+                sampler = UnrepeatedDistributedSampler(dataset, trainer.world_size, trainer.global_rank)
         loader_class = StatefulDataLoader if stage == "train" else DataLoader
         return loader_class(
             dataset,

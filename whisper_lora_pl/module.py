@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-from collections import Counter
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -14,15 +12,13 @@ import torch
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.optim.lr_scheduler import LambdaLR
-from torchmetrics.aggregation import SumMetric
 from transformers import WhisperProcessor, get_scheduler
 
 from whisper_lora_pl.collate import IGNORE_INDEX, has_clips
 from whisper_lora_pl.convert import resolve_model_name
 from whisper_lora_pl.decode import Decoded, Decoder, DecodingSettings
-from whisper_lora_pl.dist import gather_objects
-from whisper_lora_pl.export import RunInfo, with_adapters
 from whisper_lora_pl.features import set_feature_context
+from whisper_lora_pl.merging import RunInfo, with_adapters
 from whisper_lora_pl.model import (
     BaseDtype,
     LoraSettings,
@@ -31,17 +27,13 @@ from whisper_lora_pl.model import (
     count_parameters,
 )
 from whisper_lora_pl.rng import gather_rng_states, set_rng_states
+from whisper_lora_pl.tally import PassTally
 from whisper_lora_pl.text import ErrorRates
 
 log = logging.getLogger(__name__)
 
 Schedule = Literal["linear", "cosine", "constant"]
 STEP_OK, STEP_EMPTY, STEP_NONFINITE = 0, 1, 2  # a training step's outcome, reduced with max over ranks
-PASS_COUNTS = {
-    "train": ("clips", "skipped_clips"),
-    "val": ("clips", "skipped_clips", "looped", "retried"),
-    "test": ("clips", "skipped_clips", "looped", "retried"),
-}
 
 
 #: our schedule names -> transformers' (``constant`` keeps the warmup, as the Trainer's ``constant_with_warmup``)
@@ -124,21 +116,11 @@ class WhisperLoRA(L.LightningModule):
         self.strict_loading = False  # checkpoints hold the adapters only; on_load_checkpoint checks them
         self.val_rates = ErrorRates(language, prefix="val/")
         self.test_rates = ErrorRates(language, prefix="test/")
-        # per pass: clips scored (trained on), clips skipped (unreadable, non-finite, failed to decode), clips whose
-        # decoding hit its token budget or stayed a repetition, and clips the guard decoded again
-        self.counts = torch.nn.ModuleDict(
-            {
-                f"{stage}_pass": torch.nn.ModuleDict({name: SumMetric() for name in names})
-                for stage, names in PASS_COUNTS.items()  # ("train" would shadow Module.train)
-            }
-        )
-        self._skip_reasons: Counter = Counter()  # why clips were skipped in the pass under way (this rank)
-        self._partial = None  # predict: this rank's records, written as each batch is decoded
-        self._over_budget = 0  # references longer than their clip's token budget, in the pass under way
-        self._examples: list[tuple[str, str]] = []
+        # clips trained on or scored, skipped and why, loops, per-utterance records: of the pass under way
+        self.tally = PassTally()
         self.skipped_steps = 0
+        self._drop_update = False  # DDP: this step's update is dropped (see _skipped_step)
         self._rng_to_restore: dict | None = None
-        self._records: list[dict] = []  # per-utterance results of the evaluation pass under way
         self._loaded_step = 0  # global step of the checkpoint loaded for validate/test/predict
         #: (when, {metric: value}) after each validation pass; the full sanity check counts as "before training"
         self.eval_history: list[tuple[str, dict[str, float]]] = []
@@ -180,7 +162,7 @@ class WhisperLoRA(L.LightningModule):
 
     def training_step(self, batch: dict | None, batch_idx: int) -> torch.Tensor | None:
         # clips that failed to decode were warned about in the worker and are counted here; a batch may hold none
-        self._count_skips(batch, "train")
+        self.tally.skip((batch or {}).get("skipped", {}), "train")
         loss = self(batch["input_features"], batch["labels"]).loss if has_clips(batch) else None
         status = STEP_EMPTY if loss is None else (STEP_OK if torch.isfinite(loss) else STEP_NONFINITE)
         # every rank takes the same decision: one rank skipping backward alone would hang DDP's all-reduce
@@ -193,12 +175,28 @@ class WhisperLoRA(L.LightningModule):
         if status != STEP_OK:
             self.skipped_steps += 1
             self.log("train/skipped_steps", float(self.skipped_steps), batch_size=1)
-            return None
+            return self._skipped_step()
         size = len(batch["labels"])
-        self._counts("train")["clips"].update(size)
+        self.tally.of("train")["clips"].update(size)
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], prog_bar=False, batch_size=size)
         return loss
+
+    def _skipped_step(self) -> torch.Tensor | None:
+        """Drop this step's update. One process returns None (Lightning skips backward and the step). DDP refuses
+        None: every rank returns a zero loss on the adapters instead, so the backward and its all-reduce happen on
+        all ranks alike, and ``on_before_optimizer_step`` then clears the gradients, so that the optimizer leaves
+        every weight and its own state untouched (a zero gradient would still move AdamW's weights)."""
+        if self.trainer.world_size == 1:
+            return None
+        self._drop_update = True
+        return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self._drop_update:  # after backward and AMP's unscaling, before clipping and the step
+            for param in self.parameters():
+                param.grad = None
+            self._drop_update = False
 
     def _nonfinite_fault(self, batch: dict | None, batch_idx: int, loss: torch.Tensor | None) -> str:
         """What a non-finite loss comes from: the clips of the batch, and whether their input was already bad."""
@@ -211,47 +209,12 @@ class WhisperLoRA(L.LightningModule):
             return f"{where}: the input features of clips {bad} are not finite: remove or re-encode them"
         return f"{where} on finite input (clips {list(batch['id'])}): the training diverged; lower the learning rate"
 
-    def _counts(self, stage: str) -> torch.nn.ModuleDict:
-        return self.counts[f"{stage}_pass"]
-
-    def _count_skips(self, batch: dict | None, stage: str) -> None:
-        skipped = (batch or {}).get("skipped", {})
-        if skipped:
-            self._skip_reasons.update(skipped.values())
-            self._counts(stage)["skipped_clips"].update(len(skipped))
-
-    def _report_skips(self, stage: str) -> dict[str, float]:
-        """Clips scored (or trained on) and skipped in this pass, over all ranks; a skip is said, with its reasons."""
-        counts = {name: int(self._counts(stage)[name].compute().item()) for name in ("clips", "skipped_clips")}
-        reasons: Counter = sum((Counter(part) for part in gather_objects(self._skip_reasons)), Counter())
-        self._skip_reasons = Counter()
-        if counts["skipped_clips"]:
-            why = ", ".join(f"{n} {reason}" for reason, n in sorted(reasons.items()))
-            verb = "trained on" if stage == "train" else "scored"
-            rank_zero_warn(
-                f"{stage}: {verb} {counts['clips']} clips; {counts['skipped_clips']} skipped ({why}), each named in "
-                "the log above"
-            )
-        return {f"{stage}/{name}": float(value) for name, value in counts.items()}
-
-    def _start_counts(self, stage: str) -> None:
-        """Every count starts the pass at 0, on every rank: computing a metric never updated warns, and its sync
-        must not depend on whether this rank saw a skip."""
-        for metric in self._counts(stage).values():
-            metric.update(0)
-
     def on_train_epoch_start(self) -> None:
-        self._start_counts("train")
-
-    def on_validation_epoch_start(self) -> None:
-        self._start_counts("val")
-
-    def on_test_epoch_start(self) -> None:
-        self._start_counts("test")
+        self.tally.start("train")
 
     def on_train_epoch_end(self) -> None:
-        values = self._report_skips("train")
-        for metric in self._counts("train").values():
+        values = self.tally.report("train", self.trainer.strategy, self.device)
+        for metric in self.tally.of("train").values():
             metric.reset()
         rank_zero_info(f"epoch {self.current_epoch}: trained on {int(values['train/clips'])} clips")
         self.log_dict(values, batch_size=1)
@@ -279,11 +242,11 @@ class WhisperLoRA(L.LightningModule):
     def _evaluate(self, batch: dict | None, stage: str, batch_idx: int) -> None:
         if batch is None:
             return
-        self._count_skips(batch, stage)
-        counts = self._counts(stage)
+        self.tally.skip(batch.get("skipped", {}), stage)
+        counts = self.tally.of(stage)
         if has_clips(batch):
             rows, results, failed = self._decode_batch(batch)
-            self._count_skips({"skipped": dict.fromkeys(failed, "decoding failed")}, stage)
+            self.tally.skip(dict.fromkeys(failed, "decoding failed"), stage)
             if rows:
                 self._score(batch, rows, results, stage, batch_idx)
             counts["looped"].update(sum(result.looped for result in results))
@@ -303,39 +266,18 @@ class WhisperLoRA(L.LightningModule):
         # labels are [<|lang|>][<|task|>]<|notimestamps|> text <|endoftext|>: the text's tokens are the rest
         around_text = 2 + bool(self.hparams.language) + bool(self.hparams.task)
         reference_tokens = ((labels != IGNORE_INDEX).sum(1) - around_text).tolist()
-        self._over_budget += sum(n > b for n, b in zip(reference_tokens, self.decoder.budgets(durations), strict=True))
+        self.tally.over_budget += sum(
+            n > b for n, b in zip(reference_tokens, self.decoder.budgets(durations), strict=True)
+        )
         normal_hyps, normal_refs = rates.update(hypotheses, references)
         ids = [batch["id"][row] for row in rows]
         for clip, ref, result, n_ref, n_hyp in zip(ids, references, results, normal_refs, normal_hyps, strict=True):
             record = {"id": clip, "reference": ref, "hypothesis": result.text, "normalized_reference": n_ref}
             record |= {"normalized_hypothesis": n_hyp} | rates.utterance(n_hyp, n_ref) | result.report()
-            self._records.append(record)
+            self.tally.records.append(record)
         if batch_idx == 0:
-            self._examples = list(zip(references, hypotheses, strict=True))[: self.hparams.log_examples]
+            self.tally.examples = list(zip(references, hypotheses, strict=True))[: self.hparams.log_examples]
         self.log_dict(rates.metrics, prog_bar=True, batch_size=len(hypotheses))
-
-    def _report_pass(self, stage: str, records_name: str) -> dict[str, float]:
-        """Say how many clips were scored and skipped, and how many looped or were retried (a loop must be seen,
-        not averaged into the CER; a CER over fewer clips than the split must be visible)."""
-        counts = {name: int(self._counts(stage)[name].compute().item()) for name in ("looped", "retried")}
-        if counts["looped"]:
-            rank_zero_warn(
-                f"{stage}: {counts['looped']} clips looped (hit their token budget or kept repeating) and "
-                f"{counts['retried']} were decoded again by the loop guard; see 'looped' in {records_name}.jsonl"
-            )
-        over = int(self.trainer.strategy.reduce(torch.tensor(self._over_budget, device=self.device), reduce_op="sum"))
-        self._over_budget = 0
-        if over:
-            rank_zero_warn(
-                f"{stage}: {over} reference transcripts are longer than their clip's token budget: raise "
-                "model.decoding.tokens_per_second (or min_tokens) so that decoding can write them"
-            )
-        return self._report_skips(stage) | {f"{stage}/{name}": float(value) for name, value in counts.items()}
-
-    def _report_examples(self, stage: str) -> None:
-        for reference, hypothesis in self._examples:
-            rank_zero_info(f"[{stage}] ref: {reference}\n[{stage}] hyp: {hypothesis}")
-        self._examples = []
 
     def _begin_pass(self) -> None:
         """Decode this validation, test or predict pass with the merged model (``evaluate_merged``)."""
@@ -351,23 +293,24 @@ class WhisperLoRA(L.LightningModule):
     def on_validation_start(self) -> None:
         self._begin_pass()
 
+    def on_validation_epoch_start(self) -> None:
+        self.tally.start("val")
+
     def validation_step(self, batch: dict[str, torch.Tensor] | None, batch_idx: int) -> None:
         self._evaluate(batch, "val", batch_idx)
 
     def on_validation_epoch_end(self) -> None:
-        self._report_examples("val")
+        self.tally.print_examples("val")
         if self.trainer.sanity_checking and self.trainer.num_sanity_val_steps != float("inf"):
-            self._records = []
-            self._over_budget = 0
-            self._skip_reasons = Counter()
+            self.tally.clear()
             return  # a partial sanity check says nothing about the split
         when = "before training" if self.trainer.sanity_checking else f"step {self.global_step}"
         name = "val-before-training" if self.trainer.sanity_checking else f"val-step{self.trained_steps}"
         values = {name: value.item() for name, value in self.val_rates.metrics.compute().items()}
-        values |= self._report_pass("val", name)
+        values |= self.tally.report("val", self.trainer.strategy, self.device, name)
         self.eval_history.append((when, values))
         rank_zero_info(f"{when}: " + "  ".join(f"{k} {v:.4g}" for k, v in values.items()))
-        self._write_records(name)
+        self.tally.write(self.trainer, name)
 
     def on_validation_end(self) -> None:
         self._end_pass()
@@ -381,13 +324,17 @@ class WhisperLoRA(L.LightningModule):
     def on_test_start(self) -> None:
         self._begin_pass()
 
+    def on_test_epoch_start(self) -> None:
+        self.tally.start("test")
+
     def test_step(self, batch: dict[str, torch.Tensor] | None, batch_idx: int) -> None:
         self._evaluate(batch, "test", batch_idx)
 
     def on_test_epoch_end(self) -> None:
-        self._report_examples("test")
-        self._report_pass("test", f"test-step{self.trained_steps}")
-        self._write_records(f"test-step{self.trained_steps}")
+        name = f"test-step{self.trained_steps}"
+        self.tally.print_examples("test")
+        self.tally.report("test", self.trainer.strategy, self.device, name)
+        self.tally.write(self.trainer, name)
 
     def on_test_end(self) -> None:
         self._end_pass()
@@ -396,9 +343,9 @@ class WhisperLoRA(L.LightningModule):
         self._begin_pass()
         log_dir = self.trainer.log_dir  # a collective: every rank asks
         if log_dir:  # each rank's records as each batch is decoded: a crash or kill keeps what was done
-            path = Path(log_dir) / "predictions" / f"predict.rank{self.trainer.global_rank}.partial.jsonl"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._partial = path.open("w", encoding="utf-8")
+            self.tally.open_partial(
+                Path(log_dir) / "predictions" / f"predict.rank{self.trainer.global_rank}.partial.jsonl"
+            )
 
     def predict_step(self, batch: dict | None, batch_idx: int) -> list[str]:
         """Texts of the clips that decoded; every clip gets a record, with ``error`` where it was skipped."""
@@ -412,18 +359,11 @@ class WhisperLoRA(L.LightningModule):
             for row, result in zip(rows, results, strict=True):
                 new.append({"id": batch["id"][row], "hypothesis": result.text} | result.report())
                 texts.append(result.text)
-        self._records.extend(new)
-        if self._partial is not None:
-            self._partial.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in new))
-            self._partial.flush()
+        self.tally.add(new)
         return texts
 
     def on_predict_epoch_end(self) -> None:
-        self._write_records("predict")
-        if self._partial is not None:  # the whole pass is in predict.jsonl now
-            self._partial.close()
-            Path(self._partial.name).unlink()
-            self._partial = None
+        self.tally.write(self.trainer, "predict")
 
     def on_predict_end(self) -> None:
         self._end_pass()
@@ -432,17 +372,6 @@ class WhisperLoRA(L.LightningModule):
     def trained_steps(self) -> int:
         """Optimizer steps behind the current weights (``global_step`` is 0 in validate/test from a checkpoint)."""
         return max(self.global_step, self._loaded_step)
-
-    def _write_records(self, name: str) -> None:
-        """Every rank's per-utterance records, gathered; rank 0 writes ``<log_dir>/predictions/<name>.jsonl``."""
-        records = [r for part in gather_objects(self._records) for r in part]
-        self._records = []
-        log_dir = self.trainer.log_dir  # a collective (it broadcasts rank 0's folder): every rank must ask
-        if self.trainer.is_global_zero and log_dir:
-            path = Path(log_dir) / "predictions" / f"{name}.jsonl"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-            rank_zero_info(f"{len(records)} utterances written to {path}")
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
@@ -469,8 +398,15 @@ class WhisperLoRA(L.LightningModule):
         self.skipped_steps = checkpoint.get("skipped_steps", 0)
         self._loaded_step = checkpoint.get("global_step", 0)
         states = checkpoint.get("rng_states")
-        if states and self._trainer is not None and len(states) == self.trainer.world_size:
-            self._rng_to_restore = states[self.trainer.global_rank]
+        if states and self._trainer is not None:
+            if len(states) == self.trainer.world_size:
+                self._rng_to_restore = states[self.trainer.global_rank]
+            elif self.trainer.state.fn == "fit":  # validate/test/predict draw nothing random
+                rank_zero_warn(
+                    f"the checkpoint was written by {len(states)} processes and this run has "
+                    f"{self.trainer.world_size}: their random streams (LoRA dropout) cannot be restored, so the "
+                    "resumed run continues, but not exactly as an unbroken run would"
+                )
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         """Restore the RNG at the first resumed step, after loaders are rebuilt (which draws from it)."""
