@@ -94,6 +94,7 @@ def run(
     seed: int,
     max_new_tokens: int,
     eval_batch_size: int = 8,
+    workers: int = 0,
     language: str = "zh",
     fixed_length: bool = False,
     evaluate: bool = True,
@@ -137,7 +138,7 @@ def run(
         label_names=["labels"],
         seed=seed,
         use_cpu=True,
-        dataloader_num_workers=0,
+        dataloader_num_workers=workers,
         disable_tqdm=True,
     )
     trainer = Seq2SeqTrainer(
@@ -149,7 +150,9 @@ def run(
 
     from whisper_lora_pl.text import ErrorRates
 
-    loader = torch.utils.data.DataLoader(tokenized["test"], batch_size=eval_batch_size, collate_fn=collator)
+    loader = torch.utils.data.DataLoader(
+        tokenized["test"], batch_size=eval_batch_size, collate_fn=collator, num_workers=workers
+    )
     model.eval()
 
     def evaluate(**generate_kwargs) -> tuple[dict, float]:

@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -74,7 +75,26 @@ def test_predict_writes_hypotheses_without_references(tiny_model, cv_release, tr
     (path,) = tmp_path.glob("**/predictions/predict.jsonl")
     records = read_jsonl(path)
     assert sorted(r["id"] for r in records) == sorted(str(c) for c in clips)
-    assert all(isinstance(r["hypothesis"], str) and r["looped"] for r in records)
+    # the same checkpoint and decoding as `test` on these clips: the same text, clip by clip
+    main(["test", *tiny_args(tiny_model, cv_release, tmp_path / "test"), f"--ckpt_path={trained}"])
+    (tested,) = (tmp_path / "test").glob("**/predictions/test-step6.jsonl")
+    expected = {r["id"]: r["hypothesis"] for r in read_jsonl(tested)}
+    assert {Path(r["id"]).name: r["hypothesis"] for r in records} == expected
+    assert all(r["looped"] for r in records)  # a barely trained tiny model never ends a sentence
+
+
+def test_the_evaluation_does_not_move_with_its_batch_size(tiny_model, cv_release, trained, tmp_path):
+    """README: with the merged model the CER is the same at every evaluation batch (8 clips, batch 1 and 16)."""
+    rates, texts = [], []
+    for size in (1, 16):
+        folder = tmp_path / f"batch{size}"
+        every_clip = ["--data.test_split=train+dev+test", f"--data.eval_batch_size={size}"]
+        cli = main(["test", *tiny_args(tiny_model, cv_release, folder, *every_clip), f"--ckpt_path={trained}"])
+        rates.append({k: cli.trainer.callback_metrics[k].item() for k in ("test/cer", "test/wer", "test/clips")})
+        (path,) = folder.glob("**/predictions/test-step6.jsonl")
+        texts.append({r["id"]: r["hypothesis"] for r in read_jsonl(path)})
+    assert rates[0] == rates[1] and rates[0]["test/clips"] == 8
+    assert texts[0] == texts[1]
 
 
 def q_proj(model) -> torch.nn.Module:
