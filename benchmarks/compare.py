@@ -357,7 +357,8 @@ def main() -> None:
         f"--{k.replace('_', '-')}" + ("" if v is True else f"={v}")
         for k, v in vars(a).items()
         if k not in ("child", "impl", "started", "repeats", "json", "replicate", "seed", "ours", "evaluate")
-        and v not in (None, False)
+        and v is not None
+        and v is not False  # (0 == False: a 0 must still pass)
     ] + ([] if a.evaluate else ["--no-evaluate"])
     runs: dict[str, list[dict]] = {impl: [] for impl in [*a.ours, "theirs"]}
     for repeat in range(a.repeats):
