@@ -2,8 +2,12 @@
 
 import re
 from collections import Counter
+from types import SimpleNamespace
+
+import torch
 
 from tests.conftest import tiny_args, train_py
+from whisper_lora_pl.curves import TrainingCurves
 
 
 def test_a_fit_prints_no_line_per_batch_and_leaves_tensorboard_csv_and_curves(tiny_model, cv_release, tmp_path):
@@ -40,3 +44,13 @@ def test_a_fit_prints_no_line_per_batch_and_leaves_tensorboard_csv_and_curves(ti
     assert (folder / "metrics.csv").is_file() and list(folder.glob("events.out.tfevents.*"))
     curves = folder / "curves.png"
     assert curves.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and curves.stat().st_size > 20_000
+
+
+def test_the_curves_pass_over_a_step_that_was_skipped():
+    """A step whose clips all failed returns no loss: Lightning hands the callback ``{}`` (it raised KeyError)."""
+    curves = TrainingCurves()
+    optimizer = SimpleNamespace(param_groups=[{"lr": 0.5}])
+    trainer = SimpleNamespace(is_global_zero=True, global_step=3, optimizers=[optimizer])
+    curves.on_train_batch_end(trainer, None, {}, None, 0)
+    curves.on_train_batch_end(trainer, None, {"loss": torch.tensor(2.0)}, None, 1)
+    assert curves.train == [(3, 2.0, 0.5)]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,23 +70,3 @@ class UnrepeatedDistributedSampler(DistributedSampler):
 
     def __len__(self) -> int:
         return self.num_samples
-
-
-class EpochDistributedSampler(DistributedSampler):
-    """The training shuffle under DDP: epoch ``e`` is ``DistributedSampler``'s order for ``seed + e``, sharded,
-    where ``e`` is read from ``current_epoch`` (the trainer's) when the epoch's iteration starts.
-
-    Lightning's ``set_epoch`` passes its count of processed epochs instead, which is one ahead after resuming a run
-    stopped mid-epoch (measured on 2 ranks: the resumed run's epoch 1 drew epoch 2's order), so it is ignored.
-    """
-
-    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int, current_epoch: Callable[[], int]):
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
-        self.current_epoch = current_epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        """Ignored: see the class docstring."""
-
-    def __iter__(self) -> Iterator[int]:
-        self.epoch = self.current_epoch()
-        return super().__iter__()

@@ -26,7 +26,7 @@ class TrainingCurves(L.Callback):
         self.evaluations: list[tuple[int, dict[str, float]]] = []  # (step, metrics)
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch, idx) -> None:
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs  # {} after a skipped step
         if loss is not None and trainer.is_global_zero:
             lr = trainer.optimizers[0].param_groups[0]["lr"]
             self.train.append((trainer.global_step, float(loss.detach()), float(lr)))

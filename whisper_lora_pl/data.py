@@ -16,7 +16,8 @@ from tqdm.auto import tqdm
 from transformers import WhisperConfig, WhisperProcessor
 
 from whisper_lora_pl.audio import AudioError, audio_duration
-from whisper_lora_pl.collate import EpochDistributedSampler, SpeechCollator, UnrepeatedDistributedSampler
+from whisper_lora_pl.buckets import Batches, DurationBuckets
+from whisper_lora_pl.collate import SpeechCollator, UnrepeatedDistributedSampler
 from whisper_lora_pl.convert import resolve_model_name
 from whisper_lora_pl.dataset import PreparedSplit, SpeechDataset
 from whisper_lora_pl.features import set_feature_context
@@ -40,7 +41,11 @@ class WhisperDataModule(L.LightningDataModule):
         val_split: split expression for validation during ``fit`` and ``validate``.
         test_split: split expression for ``test``.
         predict_split: split expression for ``predict`` (transcripts not needed), by default ``test_split``.
-        batch_size: training batch size per device.
+        batch_size: training batch size per device (the most clips a batch holds).
+        batch_seconds: size training batches by audio instead: at most this many seconds per device once padded
+            to the batch's longest clip (clips of a bucket have similar durations, so little is padding).
+        num_buckets: training batches are drawn from this many buckets of clips of similar duration (shuffled
+            within each bucket and across batches); 1 mixes all durations in every batch.
         eval_batch_size: evaluation batch size per device (defaults to ``batch_size``).
         num_workers: DataLoader workers that decode audio and compute log-mel features.
         max_train_samples: keep only the first N training examples (smoke runs).
@@ -51,8 +56,8 @@ class WhisperDataModule(L.LightningDataModule):
         context_seconds: the encoder's context (linked from the model): features are padded to it, and clips
             longer than it are skipped too.
         probe_threads: threads that read audio headers while filtering.
-        shuffle_seed: seed of the training order under DDP: epoch e is shuffled from ``shuffle_seed + e`` and
-            sharded across ranks, a pure function of both, so a resumed run replays it exactly.
+        shuffle_seed: seed of the training order: epoch e's batches are a pure function of (``shuffle_seed``, e),
+            on every rank, so a resumed run replays them exactly.
     """
 
     def __init__(
@@ -66,6 +71,8 @@ class WhisperDataModule(L.LightningDataModule):
         test_split: str | None = "test",
         predict_split: str | None = None,
         batch_size: int = 64,
+        batch_seconds: float | None = None,
+        num_buckets: int = 10,
         eval_batch_size: int | None = None,
         num_workers: int = 4,
         max_train_samples: int | None = None,
@@ -85,7 +92,7 @@ class WhisperDataModule(L.LightningDataModule):
             "test": test_split,
             "predict": predict_split or test_split,
         }
-        self.batch_size = batch_size
+        self.batch_size, self.batch_seconds, self.num_buckets = batch_size, batch_seconds, num_buckets
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.max_samples: dict[Stage, int | None] = {
@@ -171,8 +178,8 @@ class WhisperDataModule(L.LightningDataModule):
             raise ValueError(f"every clip of split {self.split_names[stage]!r} was skipped: {dict(skipped)}")
         if stage != "train":  # longest first: similar durations in a batch get similar token budgets and stop together
             order = sorted(range(len(kept)), key=lambda i: -seconds[i])
-            kept, labels = [kept[i] for i in order], [labels[i] for i in order]
-        return PreparedSplit(kept, labels, skipped)
+            kept, labels, seconds = [kept[i] for i in order], [labels[i] for i in order], [seconds[i] for i in order]
+        return PreparedSplit(kept, labels, seconds, skipped)
 
     def _probe_durations(self, examples: list[Example], stage: Stage) -> list[float | str]:
         """Each clip's duration from its header, or the reason it cannot be read (warned about with its file)."""
@@ -200,21 +207,30 @@ class WhisperDataModule(L.LightningDataModule):
         """Training uses a stateful loader, so a checkpoint taken mid-epoch resumes at the next batch, not at the
         start of the epoch; evaluation shards with a sampler that repeats no clip under DDP.
 
-        Under DDP, training shards with a seeded ``DistributedSampler`` of our own (Lightning keeps it): left to
-        Lightning, torchdata's stateful shuffle (not a torch ``RandomSampler``) is wrapped in a
-        ``DistributedSamplerWrapper`` that reshuffles from the global random state, and a resumed run trained on
-        other clips than the unbroken one (measured: another order from the first resumed step)."""
+        Training batches come from :class:`~whisper_lora_pl.buckets.DurationBuckets`, seeded and sharded by us
+        (Lightning keeps a ``DistributedSampler``): left to Lightning, torchdata's stateful shuffle is wrapped in a
+        ``DistributedSamplerWrapper`` that reshuffles from the global random state, and a resumed 2-rank run
+        trained on other clips than the unbroken one (measured: another order from the first resumed step)."""
         dataset = self.dataset(stage)
         sampler = None
         trainer = self.trainer
-        if trainer is not None and trainer.world_size > 1:
-            if stage == "train":
-                sampler = EpochDistributedSampler(
-                    dataset, trainer.world_size, trainer.global_rank, self.shuffle_seed, lambda: trainer.current_epoch
-                )
-                shuffle = False  # the sampler shuffles
-            else:
-                sampler = UnrepeatedDistributedSampler(dataset, trainer.world_size, trainer.global_rank)
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        if stage == "train" and trainer is not None and trainer.overfit_batches:
+            shuffle = False  # the first batches, in order: Lightning would swap any other sampler for this one
+        elif stage == "train":
+            sampler = DurationBuckets(
+                self.prepared[stage].durations,
+                batch_size,
+                self.batch_seconds,
+                self.num_buckets,
+                world,
+                rank,
+                self.shuffle_seed,
+                (lambda: trainer.current_epoch) if trainer is not None else (lambda: 0),
+            )
+            dataset, batch_size, shuffle = Batches(dataset), None, False  # the sampler batches and shuffles
+        elif world > 1:
+            sampler = UnrepeatedDistributedSampler(dataset, world, rank)
         loader_class = StatefulDataLoader if stage == "train" else DataLoader
         return loader_class(
             dataset,

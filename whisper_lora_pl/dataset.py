@@ -23,6 +23,7 @@ class PreparedSplit:
 
     examples: list[Example]
     labels: list[list[int]]
+    durations: list[float] = field(default_factory=list)  #: seconds, from the headers (for the duration buckets)
     skipped: Counter = field(default_factory=Counter)
 
     def summary(self, name: str) -> str:
