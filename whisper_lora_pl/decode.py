@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from transformers import GenerationConfig, PreTrainedTokenizerBase
+from transformers.modeling_outputs import BaseModelOutput
 
 #: seconds of audio Whisper's encoder sees at once (its positions: 1500 frames of 20 ms)
 WINDOW_SECONDS = 30.0
@@ -137,10 +138,11 @@ class Decoder:
         budgets = self.budgets(durations)
         attempts: list[list[Decoded]] = [[] for _ in budgets]
         pending = list(range(len(budgets)))
+        encoded = self.encode(input_features, durations)  # once: the fallback's retries decode the same encoder states
         for step, temperature in enumerate(self.settings.temperatures or (0.0,)):
-            with torch.random.fork_rng(devices=_cuda_devices(input_features)):
+            with torch.random.fork_rng(devices=_cuda_devices(encoded)):
                 torch.manual_seed(self.settings.seed + step)  # sampling is repeatable; greedy draws nothing
-                results = self._generate(input_features[pending], [budgets[i] for i in pending], temperature)
+                results = self._generate(encoded[pending], [budgets[i] for i in pending], temperature)
             for row, result in zip(pending, results, strict=True):
                 attempts[row].append(result)
             pending = [row for row in pending if self._fails(attempts[row][-1])]
@@ -176,7 +178,18 @@ class Decoder:
             chosen = tries[-1]
         return replace(chosen, attempts=len(tries))
 
-    def _generate(self, features: torch.Tensor, budgets: list[int], temperature: float) -> list[Decoded]:
+    def encode(self, input_features: torch.Tensor, durations: Sequence[float]) -> torch.Tensor:
+        """The encoder's states for a batch of log-mel features: of the full window, or (a model made with
+        ``encoder_length: dynamic``) of the frames given. ``generate`` then starts from them, as it does from
+        features (it would pad shorter features to 30 s with zeros, which is not silence). A dynamic encoder gets
+        the batch cut after its longest clip (``durations``), so evaluation, predict and transcribe cut alike."""
+        encoder = self.model.get_encoder()
+        weight = encoder.conv1.weight
+        if cut := getattr(encoder, "cut", None):  # a dynamic encoder (model.DynamicLengthEncoder)
+            input_features = cut(input_features, durations)
+        return encoder(input_features.to(device=weight.device, dtype=weight.dtype)).last_hidden_state
+
+    def _generate(self, encoded: torch.Tensor, budgets: list[int], temperature: float) -> list[Decoded]:
         """One ``generate`` over the batch up to its largest budget; each row is then cut at its own budget
         (the first N tokens of a longer decoding are what a decoding stopped at N would have written)."""
         sampling = temperature > 0
@@ -189,11 +202,8 @@ class Decoder:
             # even after <|notimestamps|>) is decoded again from there, and generate returns that call's rows only
             force_unique_generate_call=True,
         )
-        encoder_weight = self.model.get_encoder().conv1.weight
-        features = features.to(device=encoder_weight.device, dtype=encoder_weight.dtype)
         out = self.model.generate(
-            input_features=features,
-            attention_mask=torch.ones(features.shape[0], features.shape[-1], dtype=torch.long, device=features.device),
+            encoder_outputs=BaseModelOutput(last_hidden_state=encoded),
             generation_config=config,
             temperature=temperature,  # Whisper's own argument: it samples exactly when this is above 0
             **self.prompt_kwargs(),

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import numpy as np
+import torch
 from transformers import WhisperFeatureExtractor
 
 from whisper_lora_pl.audio import AudioError
+
+#: with ``encoder_length: dynamic`` a batch keeps its longest clip's frames rounded up to this many (1 s): a few
+#: lengths only (kernels and allocations are reused), and every clip keeps some of the padding it was trained with
+FRAME_STEP = 100
+#: mel frames per second of audio (16 kHz, hop 160)
+FRAMES_PER_SECOND = 100
 
 #: log10 of the floor Whisper clamps mel energies to (1e-10): what an all-zero frame gives before scaling
 _SILENT_LOG = -10.0
@@ -54,3 +64,15 @@ def set_feature_context(extractor: WhisperFeatureExtractor, seconds: float) -> W
     extractor.n_samples = int(seconds * extractor.sampling_rate)
     extractor.nb_max_frames = extractor.n_samples // extractor.hop_length
     return extractor
+
+
+def trim_to_longest(
+    features: torch.Tensor, durations: Sequence[float], step: int = FRAME_STEP, minimum_seconds: float = 0.0
+) -> torch.Tensor:
+    """A batch of full-window features cut after its longest clip (``durations`` in seconds), rounded up to
+    ``step`` frames and to at least ``minimum_seconds``: what a variable-length encoder needs to see. The frames cut
+    are padding only."""
+    frames = math.floor(max(durations, default=0.0) * FRAMES_PER_SECOND) + 1  # the STFT's frames over the clip
+    frames = max(frames, round(minimum_seconds * FRAMES_PER_SECOND))
+    keep = min(features.shape[-1], math.ceil(frames / step) * step)
+    return features[..., :keep]

@@ -16,7 +16,7 @@ from transformers import GenerationConfig, WhisperForConditionalGeneration, Whis
 from whisper_lora_pl.convert import resolve_model_name
 from whisper_lora_pl.decode import DecodingSettings
 from whisper_lora_pl.features import set_feature_context
-from whisper_lora_pl.model import BaseDtype, LoraSettings, Quantization, load_base
+from whisper_lora_pl.model import BaseDtype, EncoderLength, LoraSettings, Quantization, load_base
 
 #: what an exported folder says about the run that made it (read by transcribe)
 RUN_FILE = "whisper-lora-pl.json"
@@ -31,6 +31,8 @@ class RunInfo:
     quantization: Quantization = "none"
     base_dtype: BaseDtype = "float32"
     context_seconds: float = 30.0
+    encoder_length: EncoderLength = "padded"
+    encoder_min_seconds: float = 0.0
     language: str | None = None
     task: str | None = None
     num_beams: int = 1
@@ -45,6 +47,8 @@ class RunInfo:
             quantization=hparams.get("quantization", "none"),
             base_dtype=hparams.get("base_dtype", "float32"),
             context_seconds=hparams.get("context_seconds", 30.0),
+            encoder_length=hparams.get("encoder_length", "padded"),
+            encoder_min_seconds=hparams.get("encoder_min_seconds", 0.0),
             language=hparams.get("language"),
             task=hparams.get("task"),
             num_beams=hparams.get("num_beams", 1),
@@ -78,8 +82,16 @@ class RunInfo:
 
 def trained_base(info: RunInfo, device: torch.device | str = "cpu") -> WhisperForConditionalGeneration:
     """The base as the adapters saw it in training (quantized or in ``base_dtype``, with the trained encoder
-    context), then in float32: dequantized, or cast (exact from bfloat16 / float16)."""
-    base = load_base(info.model_name, info.quantization, device, info.context_seconds, info.base_dtype)
+    context and length), then in float32: dequantized, or cast (exact from bfloat16 / float16)."""
+    base = load_base(
+        info.model_name,
+        info.quantization,
+        device,
+        info.context_seconds,
+        info.base_dtype,
+        info.encoder_length,
+        info.encoder_min_seconds,
+    )
     base = base.dequantize(dtype=torch.float32) if info.quantization != "none" else base.float()
     return base.eval()
 

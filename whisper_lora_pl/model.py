@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from torch import nn
 from transformers import BitsAndBytesConfig, WhisperForConditionalGeneration
+from transformers.modeling_outputs import BaseModelOutput
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from whisper_lora_pl.convert import resolve_model_name
+from whisper_lora_pl.features import trim_to_longest
 
 Quantization = Literal["int8", "nf4", "none"]
 BaseDtype = Literal["float32", "bfloat16", "float16"]
+EncoderLength = Literal["padded", "dynamic"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 #: encoder positions per second of audio: 100 mel frames, halved by the second convolution
 POSITIONS_PER_SECOND = 50
@@ -72,10 +78,13 @@ def load_base(
     device: torch.device | str = "cpu",
     context_seconds: float = 30.0,
     base_dtype: BaseDtype = "float32",
+    encoder_length: EncoderLength = "padded",
+    encoder_min_seconds: float = 0.0,
 ) -> WhisperForConditionalGeneration:
     """The base model, quantized on ``device`` (explicit ``device_map``: ``"auto"`` would spread it and break DDP),
-    with an encoder context of ``context_seconds``. ``base_dtype`` is the unquantized base's weight type (with
-    int8/nf4 the layers that stay unquantized are float32)."""
+    with an encoder context of ``context_seconds``, padded or of any length up to it (``encoder_length``).
+    ``base_dtype`` is the unquantized base's weight type (with int8/nf4 the layers that stay unquantized are
+    float32)."""
     if quantization == "int8":
         bnb_log = logging.getLogger("bitsandbytes.autograd._functions")
         if _not_the_int8_cast_notice not in bnb_log.filters:
@@ -86,7 +95,8 @@ def load_base(
         device_map={"": torch.device(device)},
         dtype=DTYPES[base_dtype] if quantization == "none" else torch.float32,
     )
-    return set_context(model, context_seconds)
+    model = set_context(model, context_seconds)
+    return make_dynamic(model, encoder_min_seconds) if encoder_length == "dynamic" else model
 
 
 def set_context(model: WhisperForConditionalGeneration, seconds: float) -> WhisperForConditionalGeneration:
@@ -110,6 +120,47 @@ def set_context(model: WhisperForConditionalGeneration, seconds: float) -> Whisp
     return model
 
 
+class DynamicLengthEncoder(WhisperEncoder):
+    """Whisper's encoder for inputs of any even number of frames up to its context: T frames get the first T / 2
+    of its fixed sinusoidal positions, as OpenAI's own code would if it did not insist on 30 s (icefall's and ESPnet's
+    Whisper encoders do the same). transformers' ``forward`` refuses anything but the full window and adds all of its
+    positions; at the full window this one computes exactly what it does (a test compares them)."""
+
+    #: a batch is never cut below this many seconds (set by :func:`make_dynamic`)
+    min_seconds: float = 0.0
+
+    def cut(self, input_features: torch.Tensor, durations: Sequence[float]) -> torch.Tensor:
+        """Full-window features cut to what this encoder takes for clips of ``durations`` seconds: after the longest,
+        rounded up to a second, at least ``min_seconds``. Training and every decoding path call it."""
+        return trim_to_longest(input_features, durations, minimum_seconds=self.min_seconds)
+
+    def forward(self, input_features: torch.Tensor, attention_mask=None, **kwargs) -> BaseModelOutput:
+        frames = input_features.shape[-1]
+        longest = self.embed_positions.num_embeddings * self.conv1.stride[0] * self.conv2.stride[0]
+        if frames > longest or frames % 2:
+            raise ValueError(f"the encoder takes an even number of mel frames up to {longest}, got {frames}")
+        hidden = nn.functional.gelu(self.conv1(input_features))
+        hidden = nn.functional.gelu(self.conv2(hidden)).permute(0, 2, 1)
+        hidden = hidden + self.embed_positions.weight[: hidden.shape[1]]
+        hidden = nn.functional.dropout(hidden, p=self.dropout, training=self.training)
+        for layer in self.layers:
+            if self.training and self.layerdrop > 0.0 and torch.rand([]) < self.layerdrop:
+                continue  # LayerDrop, as the stock encoder (0 in every released Whisper)
+            hidden = layer(hidden, None, **kwargs)
+        return BaseModelOutput(last_hidden_state=self.layer_norm(hidden))
+
+
+def make_dynamic(model: WhisperForConditionalGeneration, min_seconds: float = 0.0) -> WhisperForConditionalGeneration:
+    """Let ``model``'s encoder take batches padded to their longest clip (at least ``min_seconds``) instead of to
+    the full window (the same module and weights, another ``forward``; the checkpoint and the exported folder do
+    not change)."""
+    encoder = model.get_encoder()
+    if not isinstance(encoder, DynamicLengthEncoder):
+        encoder.__class__ = DynamicLengthEncoder
+    encoder.min_seconds = min_seconds
+    return model
+
+
 def build_whisper_lora(
     model_name: str,
     quantization: Quantization = "int8",
@@ -119,6 +170,8 @@ def build_whisper_lora(
     reentrant_checkpointing: bool = False,
     context_seconds: float = 30.0,
     base_dtype: BaseDtype = "float32",
+    encoder_length: EncoderLength = "padded",
+    encoder_min_seconds: float = 0.0,
 ) -> PeftModel:
     """Quantized base, frozen and prepared for k-bit training, with trainable fp32 LoRA adapters.
 
@@ -128,7 +181,9 @@ def build_whisper_lora(
     (checked by a test): with bitsandbytes int8 it saves much more memory, because ``MatMul8bitLt`` keeps its
     quantized activations on ``ctx``, out of reach of the saved-tensor hooks non-reentrant checkpointing relies on.
     """
-    model = load_base(model_name, quantization, device, context_seconds, base_dtype)
+    model = load_base(
+        model_name, quantization, device, context_seconds, base_dtype, encoder_length, encoder_min_seconds
+    )
     if quantization == "none":  # peft's preparation would cast a bfloat16 / float16 base to float32
         model.requires_grad_(False)
     else:

@@ -21,6 +21,7 @@ from whisper_lora_pl.features import set_feature_context
 from whisper_lora_pl.merging import RunInfo, with_adapters
 from whisper_lora_pl.model import (
     BaseDtype,
+    EncoderLength,
     LoraSettings,
     Quantization,
     build_whisper_lora,
@@ -60,6 +61,12 @@ class WhisperLoRA(L.LightningModule):
         context_seconds: seconds of audio the encoder sees (Whisper: 30). Shorter means less encoder work on short
             clips (Common Voice's are 3-6 s) but needs fine-tuning to work; features, the duration filter,
             decoding, export and transcribe all follow it.
+        encoder_length: ``padded``: every clip is padded to the full context, as Whisper was trained. ``dynamic``: a
+            batch is cut after its longest clip (rounded up to 1 s) and the encoder adds only those positions, so
+            a batch of 4 s clips costs the encoder 5 s of work, not 30; training, evaluation, predict and
+            transcribe all do it (the merged folder still decodes at 30 s in transformers and faster-whisper).
+        encoder_min_seconds: with ``dynamic``, a batch is never cut below this many seconds: short clips keep some
+            of the trailing silence Whisper always saw in pretraining.
         lora: LoRA rank, alpha, dropout, target modules and bias (a frozen dataclass: safe as a default).
         gradient_checkpointing: recompute activations in backward (non-reentrant) to save memory.
         reentrant_checkpointing: checkpoint reentrantly instead, with input hooks that keep the encoder's adapters
@@ -89,6 +96,8 @@ class WhisperLoRA(L.LightningModule):
         quantization: Quantization = "int8",
         base_dtype: BaseDtype = "float32",
         context_seconds: float = 30.0,
+        encoder_length: EncoderLength = "padded",
+        encoder_min_seconds: float = 0.0,
         lora: LoraSettings = LoraSettings(),
         gradient_checkpointing: bool = True,
         reentrant_checkpointing: bool = False,
@@ -142,6 +151,8 @@ class WhisperLoRA(L.LightningModule):
             hp.reentrant_checkpointing,
             hp.context_seconds,
             hp.base_dtype,
+            hp.encoder_length,
+            hp.get("encoder_min_seconds", 0.0),
         )
         # from_pretrained returns eval mode and Lightning (>= 2.2) keeps each submodule's mode: without this,
         # training would silently run with gradient checkpointing and LoRA dropout off
@@ -163,7 +174,7 @@ class WhisperLoRA(L.LightningModule):
     def training_step(self, batch: dict | None, batch_idx: int) -> torch.Tensor | None:
         # clips that failed to decode were warned about in the worker and are counted here; a batch may hold none
         self.tally.skip((batch or {}).get("skipped", {}), "train")
-        loss = self(batch["input_features"], batch["labels"]).loss if has_clips(batch) else None
+        loss = self(self._encoder_input(batch), batch["labels"]).loss if has_clips(batch) else None
         status = STEP_EMPTY if loss is None else (STEP_OK if torch.isfinite(loss) else STEP_NONFINITE)
         # every rank takes the same decision: one rank skipping backward alone would hang DDP's all-reduce
         status = int(self.trainer.strategy.reduce(torch.tensor(status, device=self.device), reduce_op="max"))
@@ -181,6 +192,12 @@ class WhisperLoRA(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], prog_bar=False, batch_size=size)
         return loss
+
+    def _encoder_input(self, batch: dict) -> torch.Tensor:
+        """The batch's features as the encoder takes them: the full window, or cut after the longest clip."""
+        if cut := getattr(self.model.get_encoder(), "cut", None):  # encoder_length: dynamic
+            return cut(batch["input_features"], batch["duration"].tolist())
+        return batch["input_features"]
 
     def _skipped_step(self) -> torch.Tensor | None:
         """Drop this step's update. One process returns None (Lightning skips backward and the step). DDP refuses

@@ -41,6 +41,7 @@ from whisper_lora_pl.convert import resolve_model_name
 from whisper_lora_pl.decode import Decoder
 from whisper_lora_pl.features import log_mel
 from whisper_lora_pl.merging import DTYPES, RunInfo, load_checkpoint, processor_for, trained_base
+from whisper_lora_pl.model import make_dynamic
 from whisper_lora_pl.segments import Segment, split
 from whisper_lora_pl.text import CHINESE
 
@@ -91,6 +92,8 @@ def load_model(
     if info is None:  # a Whisper folder from elsewhere: the language and task its generation config names
         config = merged.generation_config
         info = RunInfo(str(model), language=getattr(config, "language", None), task=getattr(config, "task", None))
+    if info.encoder_length == "dynamic":  # decode as the evaluation did: each batch cut after its longest piece
+        make_dynamic(merged, info.encoder_min_seconds)
     return merged, WhisperProcessor.from_pretrained(folder), info
 
 

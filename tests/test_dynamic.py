@@ -1,0 +1,119 @@
+"""``encoder_length: dynamic``: the encoder equals Whisper's at the full window, a batch is cut after its longest clip
+in training and in every decoding path, and every take-home path decodes as the evaluation did."""
+
+import copy
+import json
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+from tests.conftest import tiny_args
+from whisper_lora_pl.audio import load_audio
+from whisper_lora_pl.cli import main
+from whisper_lora_pl.decode import Decoder
+from whisper_lora_pl.export import RunInfo, export
+from whisper_lora_pl.features import log_mel, trim_to_longest
+from whisper_lora_pl.model import DynamicLengthEncoder, make_dynamic, set_context
+from whisper_lora_pl.transcribe import decoder_for, load_model
+
+
+def test_the_dynamic_encoder_is_whispers_at_the_full_window_and_a_short_context_below(tiny_model):
+    stock = WhisperForConditionalGeneration.from_pretrained(tiny_model).eval()
+    dynamic = make_dynamic(copy.deepcopy(stock))
+    features = torch.randn(2, 80, 3000)
+    with torch.no_grad():
+        assert torch.equal(
+            dynamic.get_encoder()(features).last_hidden_state, stock.get_encoder()(features).last_hidden_state
+        )
+        ten = set_context(copy.deepcopy(stock), 10.0).get_encoder()  # Whisper with a 10 s window
+        short = dynamic.get_encoder()(features[..., :1000]).last_hidden_state
+        assert short.shape == (2, 500, 64) and torch.equal(short, ten(features[..., :1000]).last_hidden_state)
+        for frames in (3001, 999):
+            with pytest.raises(ValueError, match="even number of mel frames up to 3000"):
+                dynamic.get_encoder()(features[..., :frames] if frames < 3000 else torch.randn(1, 80, frames))
+    assert dynamic.state_dict().keys() == stock.state_dict().keys()
+
+
+def test_a_batch_is_cut_after_its_longest_clip_rounded_up_to_a_second():
+    features = torch.zeros(3, 80, 3000)
+    assert trim_to_longest(features, [3.2, 1.0, 2.5]).shape[-1] == 400  # 321 frames -> 400
+    assert trim_to_longest(features, [2.985]).shape[-1] == 300  # 299 frames
+    assert trim_to_longest(features, [29.999]).shape[-1] == 3000
+    assert trim_to_longest(features, [3.2], minimum_seconds=10.0).shape[-1] == 1000
+    assert trim_to_longest(features, [12.3], minimum_seconds=10.0).shape[-1] == 1300
+
+
+def test_a_dynamic_decoder_encodes_only_the_batchs_frames(tiny_model):
+    model = make_dynamic(WhisperForConditionalGeneration.from_pretrained(tiny_model).eval())
+    processor = WhisperProcessor.from_pretrained(tiny_model)
+    decoder = Decoder(model, processor.tokenizer, "zh", "transcribe", max_new_tokens=4)
+    assert decoder.encode(torch.randn(2, 80, 3000), [4.1, 2.0]).shape == (2, 250, 64)
+    padded = Decoder(
+        WhisperForConditionalGeneration.from_pretrained(tiny_model).eval(), processor.tokenizer, "zh", "transcribe"
+    )
+    assert padded.encode(torch.randn(2, 80, 3000), [4.1, 2.0]).shape == (2, 1500, 64)
+
+
+@pytest.fixture(scope="module")
+def dynamic_run(tiny_model, cv_release, tmp_path_factory):
+    """A dynamic fit (never cut below 2.5 s) whose encoder inputs are recorded, and its checkpoint."""
+    folder = tmp_path_factory.mktemp("dynamic")
+    cli = main(
+        [
+            *tiny_args(tiny_model, cv_release, folder, "--trainer.max_steps=4", "--trainer.limit_val_batches=0"),
+            "--model.encoder_length=dynamic",
+            "--model.encoder_min_seconds=2.5",
+        ],
+        run=False,
+    )
+    seen: list[int] = []  # frames the encoder received, per training step
+    longest: list[float] = []  # seconds of the longest clip, per training batch
+
+    class Watch(L.Callback):
+        def on_fit_start(self, trainer, module):
+            module.model.get_encoder().register_forward_pre_hook(lambda _, args: seen.append(args[0].shape[-1]))
+
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            longest.append(float(batch["duration"].max()))
+
+    cli.trainer.callbacks.append(Watch())
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    (checkpoint,) = folder.glob("**/checkpoints/*.ckpt")
+    return checkpoint, seen, longest
+
+
+def test_training_feeds_the_encoder_each_batch_cut_after_its_longest_clip(dynamic_run):
+    _, seen, longest = dynamic_run
+    assert len(seen) == len(longest) == 4
+    assert seen == [trim_to_longest(torch.zeros(1, 1, 3000), [s], minimum_seconds=2.5).shape[-1] for s in longest]
+    assert max(longest) <= 1.5 and set(seen) == {300}  # clips of 1-1.5 s: 2.5 s at least, rounded up to 3 s
+
+
+def test_every_take_home_path_of_a_dynamic_run_decodes_like_its_evaluation(
+    tiny_model, cv_release, dynamic_run, tmp_path
+):
+    checkpoint, _, _ = dynamic_run
+    written = export(checkpoint, tmp_path / "out")
+    assert RunInfo.read(written["merged"]).encoder_length == "dynamic"
+    main(["test", *tiny_args(tiny_model, cv_release, tmp_path / "test"), f"--ckpt_path={checkpoint}"])
+    (records_path,) = (tmp_path / "test").glob("**/predictions/test-step4.jsonl")
+    evaluated = {r["id"]: r["hypothesis"] for r in map(json.loads, records_path.read_text().splitlines())}
+    clips = sorted((cv_release / "zh-CN" / "clips").glob("*test*.mp3"))
+    audio = [load_audio(c) for c in clips]
+    processor = WhisperProcessor.from_pretrained(written["adapter"])
+    features = torch.from_numpy(np.stack([log_mel(processor.feature_extractor, a) for a in audio]))
+    durations = [len(a) / 16_000 for a in audio]
+    for args in (
+        (str(written["merged"]), None, None),
+        (None, str(written["adapter"]), None),
+        (None, None, str(checkpoint)),
+    ):
+        model, proc, info = load_model(*args)
+        assert isinstance(model.get_encoder(), DynamicLengthEncoder) and model.get_encoder().min_seconds == 2.5
+        texts = []
+        for row in range(len(clips)):  # clip by clip, as the evaluation's batches may group them otherwise
+            texts += [r.text for r in decoder_for(model, proc, info)(features[row : row + 1], durations[row : row + 1])]
+        assert texts == [evaluated[c.name] for c in clips]
