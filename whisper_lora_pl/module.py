@@ -406,6 +406,23 @@ class WhisperLoRA(L.LightningModule):
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keys}
         checkpoint["skipped_steps"] = self.skipped_steps
         checkpoint["rng_states"] = gather_rng_states()
+        checkpoint["evaluation"] = self._evaluation_of_these_weights()
+
+    def _evaluation_of_these_weights(self) -> dict | None:
+        """The last validation if it scored the weights being saved (what export's model card reports)."""
+        if not self.eval_history or self.eval_history[-1][0] != f"step {self.global_step}":
+            return None
+        values = self.eval_history[-1][1]
+        datamodule = getattr(self.trainer, "datamodule", None)
+        source = getattr(datamodule, "source", None)
+        return {
+            "step": self.global_step,
+            "split": datamodule.split_names["val"] if datamodule is not None else None,
+            "dataset": source.card_dataset() if source is not None else None,
+            "cer": values["val/cer"],
+            "wer": values["val/wer"],
+            "clips": values.get("val/clips"),
+        }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Non-strict loading forgives a missing key silently: check every adapter weight is there."""

@@ -60,6 +60,10 @@ class Source(ABC):
     def prepare(self) -> None:  # noqa: B027 (optional hook: most sources have nothing to fetch)
         """Download or unpack once; the default has nothing to fetch."""
 
+    def card_dataset(self) -> dict[str, str]:
+        """How a model card names this corpus (the Hub's ``model-index`` wants a dataset ``type`` and ``name``)."""
+        return {"type": type(self).__name__, "name": type(self).__name__}
+
     @abstractmethod
     def splits(self) -> list[str]:
         """Names of the splits this source offers."""
@@ -105,6 +109,9 @@ class CommonVoiceFolder(Source):
         self.root = Path(root).expanduser()
         self.locale = locale
         self.text_column = text_column
+
+    def card_dataset(self) -> dict[str, str]:
+        return {"type": "common_voice", "name": f"Common Voice {self.locale} ({self.root.name})", "config": self.locale}
 
     @property
     def folder(self) -> Path:
@@ -213,6 +220,9 @@ class HubDataset(Source):
     ) -> None:
         self.name, self.config, self.revision = name, config, revision
         self.audio_column, self.text_column = audio_column, text_column
+
+    def card_dataset(self) -> dict[str, str]:
+        return {"type": self.name, "name": self.name} | ({"config": self.config} if self.config else {})
 
     def _load(self, split: str | None = None):
         import datasets
