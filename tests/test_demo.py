@@ -29,7 +29,7 @@ from whisper_lora_pl.text import ErrorRates
 from whisper_lora_pl.transcribe import decoder_for, load_model, transcribe
 
 CORPUS = REPO / "data" / "demo-zh-CN"
-DEMO_CER, SEED_SPREAD = 0.581, 0.07  # the demo's test CER after training (30 s, seed 0), and one seed's spread
+DEMO_CER, SEED_SPREAD = 0.653, 0.07  # the demo's test CER after training (30 s, seed 0), and one seed's spread
 TEST_TSV = CORPUS / "zh-CN" / "test.tsv"
 
 
@@ -85,8 +85,10 @@ def test_demo_halves_the_held_out_cer(demo):
     cer, wer = (before["val/cer"], after["val/cer"]), (before["val/wer"], after["val/wer"])
     print(f"test CER {cer[0]:.4f} -> {cer[1]:.4f}, WER {wer[0]:.4f} -> {wer[1]:.4f}")
     assert after["val/cer"] <= 0.5 * before["val/cer"]
-    # measured 0.581 here at seed 0 (0.576, 0.521 at seeds 1, 2: benchmarks/context_sweep.py, 2026-12-02); a seed
-    # moves the CER on 48 clips by up to about 0.07, so more than that above the measured figure is a regression
+    # measured 0.653 at seed 0 with the seeded sampler of 2026-12-03 (benchmarks/context_sweep.py; the older
+    # torchdata shuffle's order gave 0.581, 0.576, 0.521 at seeds 0-2, 10 duration buckets 0.604, 0.678, 0.618: the
+    # order of 160 clips alone moves it that much); a seed moves the CER on 48 clips by up to about 0.07, so more
+    # than that above the measured figure is a regression
     assert after["val/cer"] < DEMO_CER + SEED_SPREAD
 
 

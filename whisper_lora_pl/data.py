@@ -45,7 +45,9 @@ class WhisperDataModule(L.LightningDataModule):
         batch_seconds: size training batches by audio instead: at most this many seconds per device once padded
             to the batch's longest clip (clips of a bucket have similar durations, so little is padding).
         num_buckets: training batches are drawn from this many buckets of clips of similar duration (shuffled
-            within each bucket and across batches); 1 mixes all durations in every batch.
+            within each bucket and across batches): with ``model.encoder_length: dynamic`` a batch then holds
+            little padding (10 is a good start). 1 mixes all durations in every batch, which is all a padded encoder
+            needs (every clip costs the full window anyway).
         eval_batch_size: evaluation batch size per device (defaults to ``batch_size``).
         num_workers: DataLoader workers that decode audio and compute log-mel features.
         max_train_samples: keep only the first N training examples (smoke runs).
@@ -72,7 +74,7 @@ class WhisperDataModule(L.LightningDataModule):
         predict_split: str | None = None,
         batch_size: int = 64,
         batch_seconds: float | None = None,
-        num_buckets: int = 10,
+        num_buckets: int = 1,
         eval_batch_size: int | None = None,
         num_workers: int = 4,
         max_train_samples: int | None = None,
