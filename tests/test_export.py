@@ -273,7 +273,8 @@ def test_transcribe_long_and_bad_files(audio_folder, tmp_path):
         (int(c[2]) * 60 + int(c[3]) + int(c[4]) / 1000, int(c[6]) * 60 + int(c[7]) + int(c[8]) / 1000) for c in cues
     ]
     speech = [(0.06 + 6.25 * k, 4.78 + 6.25 * k) for k in range(9)]  # en_stella.flac's speech, then 1.47 s of quiet
-    assert all(abs(a - x) < 0.05 and abs(b - y) < 0.05 for (a, b), (x, y) in zip(seconds, speech, strict=True))
+    # silero-vad judges 32 ms windows and pads its spans by 30 ms: its ends fall up to 0.1 s after the energy split's
+    assert all(abs(a - x) < 0.08 and -0.05 < b - y < 0.15 for (a, b), (x, y) in zip(seconds, speech, strict=True))
     assert sum("from the store" in c[-1].lower() for c in cues) >= 8
     lines = read_jsonl(tmp_path / "transcripts.jsonl")
     assert len(lines) == 1 and len(lines[0]["chunks"]) == 9 and lines[0]["looped"] is False

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from whisper_lora_pl.decode import Decoder
 from whisper_lora_pl.merging import DTYPES
+from whisper_lora_pl.segments import DETECTORS, Detector
 from whisper_lora_pl.transcribe import decoder_for, load_model, srt, transcribe
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline, and nothing leaves the machine
@@ -53,16 +54,19 @@ class Transcriber:
         folder: Path,
         batch_size: int = 8,
         max_segment: float | None = None,
+        speech: Detector = "vad",
     ) -> None:
         self.decoder, self.feature_extractor = decoder, feature_extractor
-        self.folder, self.batch_size, self.max_segment = folder, batch_size, max_segment
+        self.folder, self.batch_size, self.max_segment, self.speech = folder, batch_size, max_segment, speech
         self.count = 0
 
     def __call__(self, path: str | None) -> Result:
         if not path:
             return Result("", [], "Upload a file or record from the microphone, then press Transcribe.", [])
         began = time.perf_counter()
-        result = transcribe([Path(path)], self.decoder, self.feature_extractor, self.batch_size, self.max_segment)
+        result = transcribe(
+            [Path(path)], self.decoder, self.feature_extractor, self.batch_size, self.max_segment, speech=self.speech
+        )
         name = Path(path).name
         if result.failed:
             error = next(iter(result.failed.values()))
@@ -123,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--language", help="override the trained language (e.g. zh), or 'auto' to detect it")
     parser.add_argument("--task", choices=["transcribe", "translate"], help="override the trained task")
     parser.add_argument("--max-segment", type=float, help="longest piece decoded at once, seconds (as transcribe)")
+    parser.add_argument("--speech", choices=DETECTORS, default="vad", help="where speech is (as transcribe)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--dtype", choices=list(DTYPES), help="cast the model (e.g. float16 on a GPU)")
@@ -140,7 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         info = replace(info, task=args.task)
     decoder = decoder_for(model, processor, info, args.language)
     with tempfile.TemporaryDirectory(prefix="whisper-lora-app-") as folder:
-        transcriber = Transcriber(decoder, processor.feature_extractor, Path(folder), args.batch_size, args.max_segment)
+        transcriber = Transcriber(
+            decoder, processor.feature_extractor, Path(folder), args.batch_size, args.max_segment, args.speech
+        )
         source = args.model or args.adapter or args.checkpoint
         page = build(transcriber, f"whisper-lora-pl: {Path(source).name}")
         page.queue(default_concurrency_limit=1)  # one model: one transcription at a time, the others wait in line

@@ -8,8 +8,10 @@ Decodes exactly as the evaluation did (``whisper_lora_pl.decode``): the trained 
 checkpoint or the exported folder, never detected unless ``--language auto``), no timestamp tokens, a token budget
 from each clip's duration and the loop guard. Adapters are merged into the base as it was in training (quantized,
 then dequantized), as export does. Any format and rate soundfile reads. A file up to ``--max-segment`` seconds is
-decoded whole, like an evaluation clip; a longer one is cut at pauses (``whisper_lora_pl.segments``). SRT cues
-are those segments, timed from where their speech starts and ends.
+decoded whole, like an evaluation clip; a longer one is cut at pauses (``whisper_lora_pl.segments``). Where speech
+is comes from silero-vad (``--speech vad``, the default) or frame energy (``--speech energy``): a piece without
+speech is not decoded (Whisper makes up text for silence and noise), so audio without speech gets an empty text.
+SRT cues are the pieces, timed from where their speech starts and ends.
 
 Each file's result is written as soon as it is finished (``--resume`` skips the files already done after a crash
 or Ctrl-C). A file that cannot be read or decoded gets an error record; the others are still transcribed. The
@@ -42,7 +44,7 @@ from whisper_lora_pl.decode import Decoder
 from whisper_lora_pl.features import log_mel
 from whisper_lora_pl.merging import DTYPES, RunInfo, load_checkpoint, processor_for, trained_base
 from whisper_lora_pl.model import make_dynamic
-from whisper_lora_pl.segments import Segment, split
+from whisper_lora_pl.segments import DETECTORS, Detector, Segment, split
 from whisper_lora_pl.text import CHINESE
 
 log = logging.getLogger(__name__)
@@ -131,6 +133,7 @@ def transcribe(
     max_segment: float | None = None,
     group: int = 32,
     sink: Sink | None = None,
+    speech: Detector = "vad",
 ) -> Transcripts:
     """Decode every readable file, in pieces of at most ``max_segment`` seconds (by default the model's encoder
     context, which the feature extractor pads to). Pieces are decoded ``batch_size`` at a time, longest first
@@ -139,7 +142,8 @@ def transcribe(
 
     ``sink`` gets each file's record (or ``{"path", "error"}``) as soon as the file is finished, so a crash or a kill
     loses only the files of the group in flight. A batch that fails to decode is decoded again clip by clip: only
-    the file whose piece fails gets an error record. ``result.records`` keep the order of ``files``."""
+    the file whose piece fails gets an error record. ``result.records`` keep the order of ``files``. ``speech``
+    names the detector of where speech is (``segments.split``); pieces without speech are not decoded."""
     context = feature_extractor.n_samples / feature_extractor.sampling_rate
     if max_segment is None:
         max_segment = context
@@ -152,11 +156,12 @@ def transcribe(
         for path in files:
             try:
                 wave = load_audio(path)
-                segments = split(wave, SAMPLING_RATE, max_segment)
-                if len(segments) > 1:  # inside a long file, a stretch without speech is not decoded: it hallucinates
-                    segments = [s for s in segments if s.has_speech] or segments[:1]
+                segments = split(wave, SAMPLING_RATE, max_segment, detector=speech)
                 pieces = [wave[segment.start : segment.end] for segment in segments]
-                features = [log_mel(feature_extractor, piece) for piece in pieces]
+                features = [log_mel(feature_extractor, piece) for piece in pieces]  # checks every piece's input
+                # a stretch without speech is not decoded: Whisper makes up text for silence and noise
+                kept = [i for i, segment in enumerate(segments) if segment.has_speech]
+                segments, pieces, features = ([items[i] for i in kept] for items in (segments, pieces, features))
             except AudioError as err:
                 log.warning("skipping %s: %s", path, err)
                 files_out.fail(path, str(err) if str(path) in str(err) else f"{path}: {err}")
@@ -185,11 +190,15 @@ class _Files:
         self.order: dict[str, int] = {}
 
     def add(self, path: Path, duration: float, pieces: int) -> int:
-        self.order[str(path)] = len(self.paths)
+        """A file of ``pieces`` pieces to decode; with none (no speech), its empty record is filed at once."""
+        file = len(self.paths)
+        self.order[str(path)] = file
         self.paths.append((path, duration))
         self.chunks.append([])
         self.left.append(pieces)
-        return len(self.paths) - 1
+        if not pieces:
+            self._finish(file)
+        return file
 
     def fail(self, path: Path, error: str) -> None:
         self.result.failed[str(path)] = error
@@ -201,8 +210,10 @@ class _Files:
         else:
             self.chunks[file].append(chunk)
         self.left[file] -= 1
-        if self.left[file]:
-            return
+        if not self.left[file]:
+            self._finish(file)
+
+    def _finish(self, file: int) -> None:
         path, duration = self.paths[file]
         if file in self.errors:
             log.warning("%s failed: %s", path, self.errors[file])
@@ -328,6 +339,13 @@ def main(argv: list[str] | None = None) -> int:
         help="longest piece decoded at once, in seconds (default: the model's encoder context, 30 for Whisper); "
         "longer files are cut at pauses (lower it for shorter subtitle cues)",
     )
+    parser.add_argument(
+        "--speech",
+        choices=DETECTORS,
+        default="vad",
+        help="where speech is, for cutting long audio, cue times and skipping silence: silero-vad (default) or "
+        "frame energy (README: Long audio)",
+    )
     parser.add_argument("--stride", type=float, help="ignored (kept for old scripts): pieces are cut at pauses")
     parser.add_argument(
         "--resume",
@@ -350,7 +368,15 @@ def main(argv: list[str] | None = None) -> int:
     todo = [path for path in files if str(path) not in writer.done]
     result = Transcripts()
     try:
-        result = transcribe(todo, decoder, processor.feature_extractor, args.batch_size, args.max_segment, sink=writer)
+        result = transcribe(
+            todo,
+            decoder,
+            processor.feature_extractor,
+            args.batch_size,
+            args.max_segment,
+            sink=writer,
+            speech=args.speech,
+        )
     except KeyboardInterrupt:
         print(f"interrupted: the files finished so far are in {args.out / 'transcripts.jsonl'}; --resume goes on")
         return 130

@@ -1,0 +1,148 @@
+"""Long audio and audio without speech: silero-vad against the energy split, through ``transcribe``'s code.
+
+    python benchmarks/long_audio.py --checkpoint runs/demo/checkpoints/last.ckpt
+
+Builds long files from the demo's held-out test clips (shuffled, ``--clips-per-file`` per file, pauses of 0.4-1.5 s
+drawn at random, 0.5 s of silence at each end), clean and mixed with white noise at ``--snr`` dB (over the speech),
+and transcribes them with each detector. Reports, per detector and condition:
+- long-form CER (all files' texts against their clips' sentences, the evaluation's normalisation);
+- cue boundary error: each cue's start (end) against the nearest clip start (end), median and 90th percentile, s.
+Then non-speech audio (digital silence, loud white noise, 50 ms of noise, a chord, an arpeggio): characters of text
+decoded as the evaluation decodes a clip (the whole file, what ``transcribe`` did before the detectors gated it),
+and with each detector. Prints one Markdown table per part.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from whisper_lora_pl.audio import SAMPLING_RATE, load_audio
+from whisper_lora_pl.features import log_mel
+from whisper_lora_pl.text import ErrorRates
+from whisper_lora_pl.transcribe import decoder_for, load_model, transcribe
+
+REPO = Path(__file__).resolve().parent.parent
+TEST_TSV = REPO / "data" / "demo-zh-CN" / "zh-CN" / "test.tsv"
+RATE = SAMPLING_RATE
+
+
+def long_files(folder: Path, per_file: int, snr: float, seed: int) -> dict[str, list[tuple[Path, list]]]:
+    """``{"clean": [(path, [(start, end, sentence), ...]), ...], f"{snr} dB": [...]}``: the same files both ways."""
+    rows = list(csv.DictReader(TEST_TSV.open(encoding="utf-8"), delimiter="\t"))
+    rng = np.random.default_rng(seed)
+    rng.shuffle(rows)
+    built: dict[str, list] = {"clean": [], f"noise {snr:g} dB": []}
+    for n in range(len(rows) // per_file):
+        pieces, spans, t = [np.zeros(RATE // 2, np.float32)], [], 0.5
+        for row in rows[n * per_file : (n + 1) * per_file]:
+            wave = load_audio(TEST_TSV.parent / "clips" / row["path"])
+            spans.append((t, t + len(wave) / RATE, row["sentence"]))
+            pause = np.zeros(int(rng.uniform(0.4, 1.5) * RATE), np.float32)
+            pieces += [wave, pause]
+            t += (len(wave) + len(pause)) / RATE
+        pieces.append(np.zeros(RATE // 2, np.float32))
+        clean = np.concatenate(pieces)
+        speech = np.concatenate([clean[int(a * RATE) : int(b * RATE)] for a, b, _ in spans])
+        noise = rng.standard_normal(len(clean)).astype(np.float32)
+        noise *= np.sqrt(np.mean(speech**2) / np.mean(noise**2) / 10 ** (snr / 10))
+        noisy = clean + noise
+        noisy /= max(1.0, float(np.abs(noisy).max()))
+        for kind, wave in zip(built, (clean, noisy), strict=True):
+            path = folder / f"{kind.split()[0]}-{n:02d}.wav"
+            sf.write(path, wave, RATE, subtype="FLOAT")
+            built[kind].append((path, spans))
+    return built
+
+
+def non_speech(folder: Path) -> dict[str, Path]:
+    rng = np.random.default_rng(1)
+    t = np.arange(5 * RATE) / RATE
+    notes = [262, 330, 392, 523]
+    arpeggio = np.concatenate([0.3 * np.sin(2 * np.pi * f * t[: RATE // 2]) * np.hanning(RATE // 2) for f in notes])
+    waves = {
+        "silence 5 s": np.zeros(5 * RATE),
+        "white noise 2 s": 0.5 * rng.standard_normal(2 * RATE),
+        "noise 50 ms": 0.5 * rng.standard_normal(RATE // 20),
+        "chord 5 s": sum(0.2 * np.sin(2 * np.pi * f * t) for f in notes[:3]),
+        "arpeggio 5 s": np.tile(arpeggio, 3)[: 5 * RATE],
+    }
+    paths = {}
+    for i, (name, wave) in enumerate(waves.items()):
+        paths[name] = folder / f"nonspeech-{i}.wav"
+        sf.write(paths[name], np.clip(wave, -1, 1).astype(np.float32), RATE, subtype="FLOAT")
+    return paths
+
+
+def boundary_errors(chunks: list[dict], spans: list) -> list[float]:
+    starts = np.array([a for a, _, _ in spans])
+    ends = np.array([b for _, b, _ in spans])
+    errors = []
+    for chunk in chunks:
+        if chunk["text"]:
+            errors += [float(np.abs(starts - chunk["start"]).min()), float(np.abs(ends - chunk["end"]).min())]
+    return errors
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint")
+    parser.add_argument("--model")
+    parser.add_argument("--adapter")
+    parser.add_argument("--clips-per-file", type=int, default=8)
+    parser.add_argument("--snr", type=float, default=5.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-segment", type=float)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    model, processor, info = load_model(args.model, args.adapter, args.checkpoint)
+    decoder = decoder_for(model, processor, info)
+    extractor = processor.feature_extractor
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        built = long_files(folder, args.clips_per_file, args.snr, args.seed)
+        count = len(next(iter(built.values())))
+        seconds = sum(sf.info(p).duration for p, _ in next(iter(built.values())))
+        print(f"\n{count} long files ({seconds:.0f} s in all) of {args.clips_per_file} held-out clips each\n")
+        print("| audio | speech | long-form CER | cues | boundary error median / p90 (s) | decode s |")
+        print("|---|---|---|---|---|---|")
+        for kind, files in built.items():
+            for speech in ("energy", "vad"):
+                began = time.perf_counter()
+                result = transcribe([p for p, _ in files], decoder, extractor, max_segment=args.max_segment,
+                                    speech=speech)  # fmt: skip
+                took = time.perf_counter() - began
+                rates = ErrorRates("zh", prefix="")
+                rates.update([r["text"] for r in result.records], ["".join(s for *_, s in sp) for _, sp in files])
+                cer = rates.metrics.compute()["cer"].item()
+                errors = [e for r, (_, sp) in zip(result.records, files, strict=True) for e in
+                          boundary_errors(r["chunks"], sp)]  # fmt: skip
+                cues = sum(len(r["chunks"]) for r in result.records)
+                print(
+                    f"| {kind} | {speech} | {cer:.3f} | {cues} | {np.median(errors):.2f} / "
+                    f"{np.quantile(errors, 0.9):.2f} | {took:.1f} |"
+                )
+        print("\n| audio | characters: whole file decoded | energy | vad |")
+        print("|---|---|---|---|")
+        for name, path in non_speech(folder).items():
+            features = torch.from_numpy(log_mel(extractor, load_audio(path))[None])
+            (whole,) = decoder(features, [sf.info(path).duration])
+            gated = {}
+            for speech in ("energy", "vad"):
+                (record,) = transcribe([path], decoder, extractor, speech=speech).records
+                gated[speech] = record["text"]
+            print(
+                f"| {name} | {len(whole.text.strip())} `{whole.text.strip()}` | {len(gated['energy'])} "
+                f"`{gated['energy']}` | {len(gated['vad'])} `{gated['vad']}` |"
+            )
+
+
+if __name__ == "__main__":
+    main()
