@@ -81,7 +81,10 @@ def one_run(context: float, seed: int, extra: list[str]) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="any other --key=value (e.g. --model.encoder_length=dynamic) is handed to every run's train.py",
+    )
     parser.add_argument("--contexts", type=float, nargs="+", default=[30.0, 15.0, 10.0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--child", nargs=2, type=float, help=argparse.SUPPRESS)

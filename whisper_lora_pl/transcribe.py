@@ -344,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         choices=DETECTORS,
         default="vad",
         help="where speech is, for cutting long audio, cue times and skipping silence: silero-vad (default) or "
-        "frame energy (README: Long audio)",
+        "frame energy (docs/export-and-transcribe.md: Long audio)",
     )
     parser.add_argument("--stride", type=float, help="ignored (kept for old scripts): pieces are cut at pauses")
     parser.add_argument(
