@@ -33,6 +33,8 @@ class SpeechCollator:
     def __call__(self, items: list[dict | None]) -> dict | None:
         skipped = {item["id"]: item["skip"] for item in items if item is not None and "skip" in item}
         items = [item for item in items if item is not None and "skip" not in item]
+        for item in items:  # clips left out of a packed window
+            skipped.update(item.get("skipped", {}))
         if not items:
             return {"skipped": skipped} if skipped else None
         features = torch.from_numpy(np.stack([item["input_features"] for item in items]))
@@ -49,6 +51,7 @@ class SpeechCollator:
             "duration": torch.as_tensor([item.get("duration", 30.0) for item in items], dtype=torch.float32),
             "index": torch.as_tensor([item["index"] for item in items], dtype=torch.long),
             "id": [item["id"] for item in items],
+            "clips": sum(item.get("clips", 1) for item in items),  # a packed window holds several
             "skipped": skipped,
         }
 

@@ -21,6 +21,7 @@ from whisper_lora_pl.collate import SpeechCollator, UnrepeatedDistributedSampler
 from whisper_lora_pl.convert import resolve_model_name
 from whisper_lora_pl.dataset import PreparedSplit, SpeechDataset
 from whisper_lora_pl.features import set_feature_context
+from whisper_lora_pl.packing import PackedSpeech, PackedWindows
 from whisper_lora_pl.sources import Example, Source
 from whisper_lora_pl.workers import worker_context
 
@@ -60,6 +61,14 @@ class WhisperDataModule(L.LightningDataModule):
         probe_threads: threads that read audio headers while filtering.
         shuffle_seed: seed of the training order: epoch e's batches are a pure function of (``shuffle_seed``, e),
             on every rank, so a resumed run replays them exactly.
+        pack_windows: train on windows of consecutive clips of the shuffled split joined up to the encoder's
+            context (``batch_size`` windows a batch), with random pauses between them: the model meets long audio,
+            and each window costs the encoder what one clip did (:mod:`whisper_lora_pl.packing`). Evaluation stays
+            per clip.
+        pack_pauses: the shortest and longest pause between two clips of a window, seconds (drawn uniformly).
+        timestamp_share: share of training windows (or single clips, without ``pack_windows``) whose labels hold
+            each clip's text between its start and end timestamp tokens instead of ``<|notimestamps|>``: what the
+            model needs to time subtitles itself (``transcribe --timestamps model``).
     """
 
     def __init__(
@@ -84,8 +93,13 @@ class WhisperDataModule(L.LightningDataModule):
         context_seconds: float = 30.0,
         probe_threads: int = 8,
         shuffle_seed: int = 0,
+        pack_windows: bool = False,
+        pack_pauses: tuple[float, float] = (0.1, 1.5),
+        timestamp_share: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= timestamp_share <= 1.0 or not 0.0 <= pack_pauses[0] <= pack_pauses[1]:
+            raise ValueError("timestamp_share must be in [0, 1], pack_pauses a (shortest, longest) pair of seconds")
         self.source = source
         self.model_name, self.language, self.task = model_name, language, task
         self.split_names: dict[Stage, str | None] = {
@@ -108,6 +122,7 @@ class WhisperDataModule(L.LightningDataModule):
         self.context_seconds = context_seconds
         self.probe_threads = probe_threads
         self.shuffle_seed = shuffle_seed
+        self.pack_windows, self.pack_pauses, self.timestamp_share = pack_windows, pack_pauses, timestamp_share
         self.processor: WhisperProcessor | None = None
         self.max_label_length = 0  # the decoder's limit, read from the model's config in setup
         self.prepared: dict[Stage, PreparedSplit] = {}
@@ -219,6 +234,9 @@ class WhisperDataModule(L.LightningDataModule):
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         if stage == "train" and trainer is not None and trainer.overfit_batches:
             shuffle = False  # the first batches, in order: Lightning would swap any other sampler for this one
+        elif stage == "train" and (self.pack_windows or self.timestamp_share > 0):
+            sampler, dataset = self._packed(dataset, batch_size, world, rank)
+            batch_size, shuffle = None, False
         elif stage == "train":
             sampler = DurationBuckets(
                 self.prepared[stage].durations,
@@ -245,6 +263,27 @@ class WhisperDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
             multiprocessing_context=worker_context() if self.num_workers > 0 else None,
         )
+
+    def _packed(self, clips: SpeechDataset, batch_size: int, world: int, rank: int) -> tuple[PackedWindows, Batches]:
+        """The training sampler and dataset of packed windows (of one clip each without ``pack_windows``)."""
+        split, tokenizer, trainer = self.prepared["train"], self.processor.tokenizer, self.trainer
+        prompt = len(tokenizer.prefix_tokens) - 1  # the label prefix before <|notimestamps|>
+        sampler = PackedWindows(
+            split.durations,
+            [len(ids) - prompt - 2 for ids in split.labels],
+            batch_size,
+            self.context_seconds if self.pack_windows else 0.0,
+            self.pack_pauses[1],
+            self.max_label_length,
+            prompt,
+            world,
+            rank,
+            self.shuffle_seed,
+            (lambda: trainer.current_epoch) if trainer is not None else (lambda: 0),
+        )
+        no_timestamps, end = tokenizer.convert_tokens_to_ids(["<|notimestamps|>", "<|endoftext|>"])
+        packed = PackedSpeech(clips, self.pack_pauses, self.timestamp_share, no_timestamps, end, prompt)
+        return sampler, Batches(packed)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.batch_size, shuffle=True)

@@ -188,7 +188,7 @@ class WhisperLoRA(L.LightningModule):
             self.log("train/skipped_steps", float(self.skipped_steps), batch_size=1)
             return self._skipped_step()
         size = len(batch["labels"])
-        self.tally.of("train")["clips"].update(size)
+        self.tally.of("train")["clips"].update(batch.get("clips", size))
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], prog_bar=False, batch_size=size)
         return loss
