@@ -61,6 +61,8 @@ def test_long_audio_is_cut_inside_pauses_into_segments_the_encoder_can_see():
 def test_silence_has_no_speech(detector):
     (segment,) = split(np.zeros(RATE, np.float32), RATE, detector=detector)
     assert not segment.has_speech
+    (segment,) = split(np.zeros(RATE, np.float32), RATE, detector="none")
+    assert segment.has_speech and (segment.speech_start, segment.speech_end) == (0.0, 1.0)
 
 
 def test_noise_and_tones_are_not_speech_to_the_vad():

@@ -4,7 +4,8 @@ A fine-tuned model decodes without timestamp tokens (it was trained with ``<|not
 mode on it degrades the text), so cue times come from the audio instead, on a grid of 20 ms frames. Two detectors:
 ``vad`` (the default) asks silero-vad, a small voice-activity model shipped in its wheel, as faster-whisper's
 ``vad_filter`` does; ``energy`` calls a frame speech where it is within ``range_db`` of the loudest one (and above
-the noise floor), which noise and music fool. Audio no longer than ``max_seconds`` is one segment, decoded whole, as
+the noise floor), which noise and music fool; ``none`` calls it all speech (every piece is decoded, as an
+evaluation decodes every clip). Audio no longer than ``max_seconds`` is one segment, decoded whole, as
 evaluation decodes a clip; longer audio is cut at the longest pause in the second half of each ``max_seconds``
 stretch (at the quietest moment where there is no pause). A segment without speech is not decoded (transcribe).
 """
@@ -20,8 +21,8 @@ import numpy as np
 import torch
 
 FRAME_SECONDS = 0.02
-Detector = Literal["vad", "energy"]
-DETECTORS: tuple[str, ...] = ("vad", "energy")
+Detector = Literal["vad", "energy", "none"]
+DETECTORS: tuple[str, ...] = ("vad", "energy", "none")
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,8 @@ def split(
         speech = vad_mask(wave, rate, len(levels))
     elif detector == "energy":
         speech = speech_mask(levels)
+    elif detector == "none":  # all of it is speech: every piece decoded, long audio cut at its quietest moments
+        speech = np.ones(len(levels), dtype=bool)
     else:
         raise ValueError(f"detector must be one of {DETECTORS}, not {detector!r}")
     size = max(1, int(rate * FRAME_SECONDS))

@@ -341,8 +341,8 @@ def model_arguments(parser: argparse.ArgumentParser) -> None:
         "--speech",
         choices=DETECTORS,
         default="vad",
-        help="where speech is, for cutting long audio, cue times and skipping silence: silero-vad (default) or "
-        "frame energy (docs/export-and-transcribe.md: Long audio)",
+        help="where speech is, for cutting long audio, cue times and skipping silence: silero-vad (default), "
+        "frame energy, or none (all of it: every piece decoded) (docs/export-and-transcribe.md: Long audio)",
     )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--dtype", choices=list(DTYPES), help="cast the model (e.g. float16 on a GPU)")
