@@ -14,6 +14,7 @@ from tests.test_resume import adapters, fit, losses
 from whisper_lora_pl.audio import SAMPLING_RATE
 from whisper_lora_pl.cli import main
 from whisper_lora_pl.dataset import PreparedSplit, SpeechDataset
+from whisper_lora_pl.merging import load_checkpoint
 from whisper_lora_pl.packing import PackedSpeech, PackedWindows, Window
 from whisper_lora_pl.sources import Example
 
@@ -116,6 +117,8 @@ def test_a_fit_on_packed_windows_with_timestamps_trains_on_every_clip(tiny_model
                                   "--data.pack_windows=true", "--data.timestamp_share=0.5")])  # fmt: skip
     assert cli.trainer.global_step == 1  # 4 clips of 1-1.5 s: one window
     assert cli.trainer.callback_metrics["train/clips"] == 4
+    (checkpoint,) = tmp_path.glob("**/checkpoints/*.ckpt")  # transcribe's --timestamps follows the run: model
+    assert load_checkpoint(checkpoint)[1].timestamps is True
 
 
 def test_resume_mid_epoch_continues_exactly_on_packed_windows(tiny_model, cv_release, tmp_path):

@@ -35,6 +35,8 @@ from transformers.modeling_outputs import BaseModelOutput
 WINDOW_SECONDS = 30.0
 #: <|startoftranscript|><|lang|><|task|><|notimestamps|>: what the decoder reads before the first text token
 PROMPT_TOKENS = 4
+#: seconds between two of Whisper's timestamp tokens
+TIME_STEP = 0.02
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,9 @@ class Decoded:
     avg_logprob: float
     looped: bool  #: the kept output still hit the budget or is still a repetition
     attempts: int = 1  #: decodings made: more than 1 when the guard retried the clip
+    #: with timestamps: (start, end, text) per segment the model timed, seconds into the window; an end of None
+    #: is a segment the window cut before the model closed it
+    segments: list[tuple[float, float | None, str]] = field(default_factory=list, repr=False)
 
     def report(self) -> dict:
         """What evaluation files record per utterance."""
@@ -112,6 +117,7 @@ class Decoder:
     num_beams: int = 1
     max_new_tokens: int = 448
     settings: DecodingSettings = DecodingSettings()
+    timestamps: bool = False  #: let the model time its segments (a run trained with ``data.timestamp_share``)
 
     def __post_init__(self) -> None:
         # each batch's length comes from its budgets; a length in the model's generation config (an exported
@@ -120,8 +126,9 @@ class Decoder:
 
     def prompt_kwargs(self) -> dict:
         """``generate`` arguments of the prompt: the trained language and task, and no timestamp tokens (the
-        labels carried ``<|notimestamps|>``: timestamp mode is another task for a fine-tuned model)."""
-        kwargs: dict = {"return_timestamps": False}
+        labels carried ``<|notimestamps|>``: timestamp mode is another task for a fine-tuned model) unless the
+        decoder is asked for them (``timestamps``, for a run that trained on timestamp labels)."""
+        kwargs: dict = {"return_timestamps": self.timestamps}
         if self.language and self.language != "auto":
             kwargs["language"] = self.language
         if self.task:
@@ -222,8 +229,28 @@ class Decoder:
             text = self.tokenizer.decode(kept, skip_special_tokens=True)
             ratio = compression_ratio(text)
             looped = hit or (threshold is not None and ratio > threshold)
-            results.append(Decoded(text, kept, budget, hit, temperature, ratio, avg, looped))
+            segments = self.segments(kept) if self.timestamps else []
+            results.append(Decoded(text, kept, budget, hit, temperature, ratio, avg, looped, segments=segments))
         return results
+
+    def segments(self, tokens: list[int]) -> list[tuple[float, float | None, str]]:
+        """The timed segments of a decoding, OpenAI's format: ``<|start|> text <|end|>`` (a segment's end and the
+        next one's start come as two timestamps in a row); text after the last timestamp has no end."""
+        first = self.tokenizer.convert_tokens_to_ids("<|0.00|>")
+        found: list[tuple[float, float | None, str]] = []
+        start, text = 0.0, []
+        for token in tokens:
+            if token < first:
+                text.append(token)
+                continue
+            seconds = (token - first) * TIME_STEP
+            if text:
+                found.append((start, seconds, self.tokenizer.decode(text, skip_special_tokens=True).strip()))
+                text = []
+            start = seconds
+        if text:
+            found.append((start, None, self.tokenizer.decode(text, skip_special_tokens=True).strip()))
+        return [s for s in found if s[2]]
 
 
 def _cuda_devices(tensor: torch.Tensor) -> list[int]:

@@ -89,5 +89,14 @@ def model_card(info: RunInfo, quantization: str) -> str:
             'text = "".join(segment.text for segment in segments)',
             "```",
             "",
+            *(
+                [
+                    "The run also trained on timestamp labels: `without_timestamps=False` gives segments timed by the "
+                    "model, for subtitles.",
+                    "",
+                ]
+                if info.timestamps
+                else []
+            ),
         ]
     )

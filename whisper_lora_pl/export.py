@@ -164,7 +164,9 @@ def model_card(info: RunInfo, part: str, evaluation: dict | None = None) -> str:
         f"{d.compression_ratio_threshold}, average log-probability < {d.logprob_threshold}: decoded again at "
         f"temperatures {', '.join(f'{t:g}' for t in d.temperatures[1:])})",
         "",
-        "Transcribe as the evaluation decoded (budget and loop guard included):",
+        "Transcribe as the evaluation decoded (budget and loop guard included"
+        + ("; subtitle cues timed by the model, which trained on timestamp labels" if info.timestamps else "")
+        + "):",
         "",
         "```bash",
         f"python -m whisper_lora_pl.transcribe FILES --{'adapter' if part == 'adapter' else 'model'} THIS_FOLDER "
@@ -178,6 +180,12 @@ def model_card(info: RunInfo, part: str, evaluation: dict | None = None) -> str:
             'the search, so `pipeline("automatic-speech-recognition", model=THIS_FOLDER)` decodes like the '
             "evaluation (without the per-clip budget and the loop guard).",
         ]
+        if info.timestamps:
+            lines += [
+                "",
+                "The run also trained on timestamp labels, so the model times its own segments: "
+                '`pipeline(..., return_timestamps=True)["chunks"]` for long audio and subtitles.',
+            ]
     else:
         base = "load_in_8bit" if info.quantization == "int8" else "the base"
         lines += [

@@ -38,6 +38,8 @@ class RunInfo:
     num_beams: int = 1
     max_new_tokens: int = 448
     decoding: DecodingSettings = field(default_factory=DecodingSettings)
+    #: the run trained on timestamp labels (``data.timestamp_share`` above 0): the model can time its own segments
+    timestamps: bool = False
 
     @classmethod
     def from_hparams(cls, hparams: dict) -> RunInfo:
@@ -54,6 +56,7 @@ class RunInfo:
             num_beams=hparams.get("num_beams", 1),
             max_new_tokens=hparams.get("max_new_tokens", 448),
             decoding=DecodingSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in decoding.items()}),
+            timestamps=hparams.get("timestamps", False),
         )
 
     @classmethod
@@ -113,7 +116,8 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tup
     """The checkpoint's adapters on :func:`trained_base`, and what the run says about decoding."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     hparams = dict(checkpoint["hyper_parameters"])
-    info = RunInfo.from_hparams(hparams)
+    # a data setting, so not among the module's hyperparameters (LightningCLI re-applies those to its signature)
+    info = RunInfo.from_hparams({**hparams, "timestamps": checkpoint.get("timestamps", False)})
     adapters = {key.removeprefix("model."): value for key, value in checkpoint["state_dict"].items()}
     return with_adapters(info, LoraSettings(**hparams["lora"]), adapters, device, str(path)), info
 

@@ -407,6 +407,8 @@ class WhisperLoRA(L.LightningModule):
         checkpoint["skipped_steps"] = self.skipped_steps
         checkpoint["rng_states"] = gather_rng_states()
         checkpoint["evaluation"] = self._evaluation_of_these_weights()
+        datamodule = getattr(self.trainer, "datamodule", None)
+        checkpoint["timestamps"] = getattr(datamodule, "timestamp_share", 0.0) > 0  # transcribe's default
 
     def _evaluation_of_these_weights(self) -> dict | None:
         """The last validation if it scored the weights being saved (what export's model card reports)."""

@@ -46,6 +46,7 @@ from whisper_lora_pl.merging import DTYPES, RunInfo, load_checkpoint, processor_
 from whisper_lora_pl.model import make_dynamic
 from whisper_lora_pl.segments import DETECTORS, Detector, Segment, split
 from whisper_lora_pl.text import CHINESE
+from whisper_lora_pl.timed import sequential
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +152,11 @@ def transcribe(
         raise ValueError(f"max_segment must be in (0, {context:g}]: the model's encoder sees {context:g} s")
     result = Transcripts()
     files_out = _Files(decoder, result, sink or (lambda record: None))
+    if decoder.timestamps:  # the model times its own segments, window after window
+        for start in range(0, len(files), batch_size * group):
+            _timed(files[start : start + batch_size * group], decoder, feature_extractor, batch_size, speech, files_out)
+        result.records.sort(key=lambda record: files_out.order[record["path"]])
+        return result
     pending: list[_Piece] = []
     with tqdm(desc="transcribing", unit="clip") as bar:
         for path in files:
@@ -175,6 +181,27 @@ def transcribe(
         _decode(pending, decoder, batch_size, files_out, bar)
     result.records.sort(key=lambda record: files_out.order[record["path"]])
     return result
+
+
+def _timed(files: list[Path], decoder: Decoder, feature_extractor, batch_size: int, speech: Detector, out) -> None:
+    """``timed.sequential`` over the readable ``files``, each filed as it finishes."""
+
+    def finish(path: Path, duration: float, chunks: list[dict], error: str | None) -> None:
+        file = out.add(path, duration, len(chunks) + (error is not None))
+        for chunk in chunks:
+            out.piece_done(file, chunk)
+        if error is not None:
+            out.piece_done(file, None, error)
+
+    readable = []
+    for path in files:
+        try:
+            readable.append((path, load_audio(path)))
+        except AudioError as err:
+            log.warning("skipping %s: %s", path, err)
+            out.fail(path, str(err) if str(path) in str(err) else f"{path}: {err}")
+    with tqdm(desc="transcribing", unit="window") as bar:
+        sequential(readable, decoder, feature_extractor, finish, batch_size, speech, bar.update)
 
 
 class _Files:
@@ -344,6 +371,13 @@ def model_arguments(parser: argparse.ArgumentParser) -> None:
         help="where speech is, for cutting long audio, cue times and skipping silence: silero-vad (default), "
         "frame energy, or none (all of it: every piece decoded) (docs/export-and-transcribe.md: Long audio)",
     )
+    parser.add_argument(
+        "--timestamps",
+        choices=["model", "pauses"],
+        help="cue times from the model's own timestamps, long audio decoded window after window (a run trained "
+        "with data.timestamp_share), or from the pauses --speech finds (default: model if the run trained on "
+        "timestamps, else pauses)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--dtype", choices=list(DTYPES), help="cast the model (e.g. float16 on a GPU)")
 
@@ -357,7 +391,9 @@ def decoder_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace)
         model = model.to(DTYPES[args.dtype])
     if args.task:
         info = replace(info, task=args.task)
-    return decoder_for(model, processor, info, args.language), processor
+    decoder = decoder_for(model, processor, info, args.language)
+    decoder.timestamps = (args.timestamps or ("model" if info.timestamps else "pauses")) == "model"
+    return decoder, processor
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,115 @@
+"""Long audio timed by the model itself (``transcribe --timestamps model``): window after window, as OpenAI's
+``transcribe`` does, for a run that trained on timestamp labels (``data.timestamp_share``).
+
+Each file is read in windows of the encoder's context. A window is decoded with timestamps (the evaluation's
+decoder: same prompt, budget and loop guard, timestamps on); its closed segments become cues. When the window's
+output ends inside a segment (the window cut a sentence), the next window starts at the end of the last closed
+segment, so that sentence is decoded whole; otherwise the next window starts where this one ended. The files under
+way are decoded together, a window of each per batch. A window without speech (``speech`` detector) is skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from whisper_lora_pl.audio import SAMPLING_RATE, AudioError
+from whisper_lora_pl.decode import TIME_STEP, Decoded, Decoder
+from whisper_lora_pl.features import log_mel
+from whisper_lora_pl.segments import Detector, split
+
+#: finish(path, duration, chunks, error): a file is done, with its cues (or why it failed)
+Finish = Callable[[Path, float, list[dict], str | None], None]
+
+
+@dataclass
+class _Cursor:
+    path: Path
+    wave: np.ndarray
+    seek: int = 0  #: samples decoded so far
+    chunks: list[dict] = field(default_factory=list)
+    error: str | None = None
+    features: np.ndarray | None = None  #: of the window under way
+
+
+def sequential(
+    files: list[tuple[Path, np.ndarray]],
+    decoder: Decoder,
+    feature_extractor,
+    finish: Finish,
+    batch_size: int = 8,
+    speech: Detector = "vad",
+    progress: Callable[[int], None] = lambda windows: None,
+) -> None:
+    """Decode ``files`` (path, 16 kHz wave) window after window and call ``finish`` for each as it is done."""
+    window = feature_extractor.n_samples
+    first_timestamp = decoder.tokenizer.convert_tokens_to_ids("<|0.00|>")
+    active = [_Cursor(path, wave) for path, wave in files]
+    while active:
+        todo = []
+        for cursor in active:
+            piece = cursor.wave[cursor.seek : cursor.seek + window]
+            if (
+                speech != "none"
+                and not split(piece, SAMPLING_RATE, window / SAMPLING_RATE, detector=speech)[0].has_speech
+            ):
+                cursor.seek += len(piece)  # nothing to say here: Whisper would make something up
+            else:
+                todo.append((cursor, piece))
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start : start + batch_size]
+            batch = [(cursor, piece) for cursor, piece in batch if _checked(cursor, piece, feature_extractor)]
+            if not batch:
+                continue
+            features = torch.from_numpy(np.stack([cursor.features for cursor, _ in batch]))
+            seconds = [len(piece) / SAMPLING_RATE for _, piece in batch]
+            for (cursor, piece), outcome in zip(batch, decoder.isolating(features, seconds), strict=True):
+                if isinstance(outcome, Exception):
+                    cursor.error, cursor.seek = f"{type(outcome).__name__}: {outcome}", len(cursor.wave)
+                else:
+                    _advance(cursor, piece, outcome, len(piece) == window, first_timestamp)
+            progress(len(batch))
+        for cursor in active:
+            if cursor.seek >= len(cursor.wave):
+                finish(cursor.path, len(cursor.wave) / SAMPLING_RATE, cursor.chunks, cursor.error)
+        active = [cursor for cursor in active if cursor.seek < len(cursor.wave)]
+
+
+def _checked(cursor: _Cursor, piece: np.ndarray, feature_extractor) -> bool:
+    """Compute the window's features onto the cursor; a window whose features are not finite fails its file."""
+    try:
+        cursor.features = log_mel(feature_extractor, piece)
+    except AudioError as err:
+        cursor.error, cursor.seek = f"{cursor.path}: {err}", len(cursor.wave)
+        return False
+    return True
+
+
+def _advance(cursor: _Cursor, piece: np.ndarray, outcome: Decoded, full: bool, first_timestamp: int) -> None:
+    """File the window's cues and move the cursor past what the window settled: in a full window whose output
+    stops inside a segment, or after a lone start timestamp, the rest is decoded again from there (OpenAI's rule)."""
+    offset, length = cursor.seek / SAMPLING_RATE, len(piece) / SAMPLING_RATE
+    segments = outcome.segments or ([(0.0, length, outcome.text.strip())] if outcome.text.strip() else [])
+    closed = [s for s in segments if s[1] is not None]
+    stamps = [(token - first_timestamp) * TIME_STEP for token in outcome.tokens[-2:] if token >= first_timestamp]
+    resume = length
+    if full and closed and segments[-1][1] is None:  # the window cut a sentence: decode it whole next time
+        segments, resume = closed, closed[-1][1]
+    elif full and len(stamps) == 2:  # a segment's end, then a start it did not write: from that start
+        resume = stamps[-1]
+    for start, end, text in segments:
+        end = length if end is None else min(end, length)
+        cursor.chunks.append(
+            {
+                "start": round(offset + start, 3),
+                "end": round(offset + max(end, start), 3),
+                "text": text,
+                "looped": outcome.looped,
+                "temperature": outcome.temperature,
+            }
+        )
+    cursor.seek += round(resume * SAMPLING_RATE) if resume >= 1.0 else len(piece)  # always forward
