@@ -4,7 +4,9 @@
 
 Builds long files from the demo's held-out test clips (shuffled, ``--clips-per-file`` per file, pauses of 0.4-1.5 s
 drawn at random, 0.5 s of silence at each end), clean and mixed with white noise at ``--snr`` dB (over the speech),
-and transcribes them with each detector. Reports, per detector and condition:
+and transcribes them with each mode of ``--modes`` (``SPEECH:TIMESTAMPS``: ``vad:pauses`` cuts at the pauses silero-vad
+finds, ``vad:model`` lets the model time its segments, for a run trained with ``data.timestamp_share``). Reports, per
+mode and condition:
 - long-form CER (all files' texts against their clips' sentences, the evaluation's normalisation);
 - cue boundary error: each cue's start (end) against the nearest clip start (end), median and 90th percentile, s.
 Then non-speech audio (digital silence, loud white noise, 50 ms of noise, a chord, an arpeggio): characters of text
@@ -91,6 +93,21 @@ def boundary_errors(chunks: list[dict], spans: list) -> list[float]:
     return errors
 
 
+def sentence_errors(chunks: list[dict], spans: list) -> list[float]:
+    """For each sentence, the cue that overlaps it most: how far that cue's start and end are from the sentence's
+    (a cue holding four sentences is off by their length; a missing cue counts the sentence's whole length)."""
+    cues = [c for c in chunks if c["text"]]
+    errors = []
+    for start, end, _ in spans:
+        overlap = [max(0.0, min(end, c["end"]) - max(start, c["start"])) for c in cues]
+        if not cues or max(overlap) == 0:
+            errors += [end - start, end - start]
+            continue
+        cue = cues[int(np.argmax(overlap))]
+        errors += [abs(cue["start"] - start), abs(cue["end"] - end)]
+    return errors
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint")
@@ -100,6 +117,8 @@ def main() -> None:
     parser.add_argument("--snr", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-segment", type=float)
+    parser.add_argument("--modes", nargs="+", default=["energy:pauses", "vad:pauses"], help="SPEECH:TIMESTAMPS")
+    parser.add_argument("--no-nonspeech", action="store_true", help="skip the table of audio without speech")
     args = parser.parse_args()
     torch.manual_seed(0)
     model, processor, info = load_model(args.model, args.adapter, args.checkpoint)
@@ -111,10 +130,14 @@ def main() -> None:
         count = len(next(iter(built.values())))
         seconds = sum(sf.info(p).duration for p, _ in next(iter(built.values())))
         print(f"\n{count} long files ({seconds:.0f} s in all) of {args.clips_per_file} held-out clips each\n")
-        print("| audio | speech | long-form CER | cues | boundary error median / p90 (s) | decode s |")
-        print("|---|---|---|---|---|---|")
+        clips = sum(len(spans) for _, spans in next(iter(built.values())))
+        print(f"| audio | speech:timestamps | long-form CER | cues ({clips} sentences) | boundary error median / p90 "
+              "(s) | per-sentence cue error median / p90 (s) | decode s |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|")
         for kind, files in built.items():
-            for speech in ("energy", "vad"):
+            for mode in args.modes:
+                speech, timestamps = mode.split(":")
+                decoder.timestamps = timestamps == "model"
                 began = time.perf_counter()
                 result = transcribe([p for p, _ in files], decoder, extractor, max_segment=args.max_segment,
                                     speech=speech)  # fmt: skip
@@ -125,10 +148,16 @@ def main() -> None:
                 errors = [e for r, (_, sp) in zip(result.records, files, strict=True) for e in
                           boundary_errors(r["chunks"], sp)]  # fmt: skip
                 cues = sum(len(r["chunks"]) for r in result.records)
+                per = [e for r, (_, sp) in zip(result.records, files, strict=True) for e in
+                       sentence_errors(r["chunks"], sp)]  # fmt: skip
                 print(
-                    f"| {kind} | {speech} | {cer:.3f} | {cues} | {np.median(errors):.2f} / "
-                    f"{np.quantile(errors, 0.9):.2f} | {took:.1f} |"
+                    f"| {kind} | {mode} | {cer:.3f} | {cues} | {np.median(errors):.2f} / "
+                    f"{np.quantile(errors, 0.9):.2f} | {np.median(per):.2f} / {np.quantile(per, 0.9):.2f} | "
+                    f"{took:.1f} |"
                 )
+        decoder.timestamps = False
+        if args.no_nonspeech:
+            return
         print("\n| audio | characters: whole file decoded | energy | vad |")
         print("|---|---|---|---|")
         for name, path in non_speech(folder).items():

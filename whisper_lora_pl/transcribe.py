@@ -103,7 +103,11 @@ def load_model(
 def decoder_for(
     model: WhisperForConditionalGeneration, processor: WhisperProcessor, info: RunInfo, language: str | None = None
 ) -> Decoder:
-    """The evaluation's decoder; ``language`` overrides the trained one (``auto`` detects it per batch)."""
+    """The evaluation's decoder; ``language`` overrides the trained one (``auto`` detects it per batch).
+
+    One difference: each piece is bounded by its duration's token budget alone, not by the run's
+    ``max_new_tokens``, which was sized for its evaluation clips (the demo's 40, the recipe's 128) and would cut a
+    30 s piece of speech short (a packed-window demo model lost most of each window's text to it)."""
     language = language or info.language
     if language is None and getattr(model.generation_config, "is_multilingual", False):
         raise ValueError(
@@ -112,7 +116,8 @@ def decoder_for(
         )
     task = info.task or ("transcribe" if language else None)
     model.eval()
-    return Decoder(model, processor.tokenizer, language, task, info.num_beams, info.max_new_tokens, info.decoding)
+    limit = int(model.config.max_target_positions)
+    return Decoder(model, processor.tokenizer, language, task, info.num_beams, limit, info.decoding)
 
 
 @dataclass
