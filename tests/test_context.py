@@ -78,11 +78,7 @@ def test_a_short_context_run_trains_filters_and_exports(short_run):
         model, proc, info = load_model(**{mode: str(written["merged" if mode == "model" else "adapter"])})
         assert model.config.max_source_positions == 500
         # the clips are tones: no detector takes them for speech, so every piece is decoded, as the pipeline does
-        decoder = decoder_for(model, proc, info)
-        # the random model loops; the pipeline stops it at the folder's max_new_tokens, transcribe (bounded by the
-        # duration alone since long pieces need more than the evaluation's cap) is given the same cap here
-        decoder.max_new_tokens = info.max_new_tokens
-        result = transcribe(clips, decoder, proc.feature_extractor, speech="none")
+        result = transcribe(clips, decoder_for(model, proc, info), proc.feature_extractor, speech="none")
         assert [r["text"] for r in result.records] == [t.strip() for t in piped]
         with pytest.raises(ValueError, match="encoder sees 10 s"):
             transcribe(clips, decoder_for(model, proc, info), proc.feature_extractor, max_segment=30.0)

@@ -60,11 +60,12 @@ def test_the_command_line_takes_the_models_timestamps_when_asked(tmp_path):
     assert srt.startswith("1\n00:00:00,000 --> 00:00:04,") and "Please call" in srt
 
 
-def test_a_piece_is_bounded_by_its_duration_not_by_the_evaluations_cap():
-    """A run's ``max_new_tokens`` is sized for its evaluation clips (the demo's 40): transcribe must not cut a piece
-    of speech at it. Here a cap of 8 tokens against a sentence of about 18."""
+def test_a_timed_window_is_bounded_by_its_duration_not_by_the_evaluations_cap():
+    """A run's ``max_new_tokens`` is sized for its evaluation clips (the demo's 40): a window of many sentences must
+    not be cut at it. Here a cap of 8 tokens against a sentence of about 18."""
     model, processor, info = load_model("pypi:whisper-tiny.en")
     decoder = decoder_for(model, processor, replace(info, max_new_tokens=8))
+    decoder.timestamps = True
     (record,) = transcribe([STELLA], decoder, processor.feature_extractor).records
     assert record["text"] == "Please call Settle and ask her to bring these things with her from the store."
     assert not record["looped"]

@@ -103,11 +103,7 @@ def load_model(
 def decoder_for(
     model: WhisperForConditionalGeneration, processor: WhisperProcessor, info: RunInfo, language: str | None = None
 ) -> Decoder:
-    """The evaluation's decoder; ``language`` overrides the trained one (``auto`` detects it per batch).
-
-    One difference: each piece is bounded by its duration's token budget alone, not by the run's
-    ``max_new_tokens``, which was sized for its evaluation clips (the demo's 40, the recipe's 128) and would cut a
-    30 s piece of speech short (a packed-window demo model lost most of each window's text to it)."""
+    """The evaluation's decoder; ``language`` overrides the trained one (``auto`` detects it per batch)."""
     language = language or info.language
     if language is None and getattr(model.generation_config, "is_multilingual", False):
         raise ValueError(
@@ -116,8 +112,7 @@ def decoder_for(
         )
     task = info.task or ("transcribe" if language else None)
     model.eval()
-    limit = int(model.config.max_target_positions)
-    return Decoder(model, processor.tokenizer, language, task, info.num_beams, limit, info.decoding)
+    return Decoder(model, processor.tokenizer, language, task, info.num_beams, info.max_new_tokens, info.decoding)
 
 
 @dataclass
@@ -158,6 +153,9 @@ def transcribe(
     result = Transcripts()
     files_out = _Files(decoder, result, sink or (lambda record: None))
     if decoder.timestamps:  # the model times its own segments, window after window
+        # a window holds many sentences: bounded by its duration's budget alone, not by the run's max_new_tokens,
+        # which was sized for evaluation clips (the demo's 40 cut a packed model's windows to a third)
+        decoder = replace(decoder, max_new_tokens=int(decoder.model.config.max_target_positions))
         for start in range(0, len(files), batch_size * group):
             _timed(files[start : start + batch_size * group], decoder, feature_extractor, batch_size, speech, files_out)
         result.records.sort(key=lambda record: files_out.order[record["path"]])
