@@ -9,6 +9,9 @@ finds, ``vad:model`` lets the model time its segments, for a run trained with ``
 mode and condition:
 - long-form CER (all files' texts against their clips' sentences, the evaluation's normalisation);
 - cue boundary error: each cue's start (end) against the nearest clip start (end), median and 90th percentile, s.
+With ``--takehome`` (a ``--checkpoint`` trained with timestamps), the merged and CTranslate2 exports decode the same
+files as their model cards say (``pipeline(return_timestamps=True)``, faster-whisper ``without_timestamps=False``):
+their CER, cue count, how many cue texts equal transcribe's, and how far their cue times are from transcribe's.
 Then non-speech audio (digital silence, loud white noise, 50 ms of noise, a chord, an arpeggio): characters of text
 decoded as the evaluation decodes a clip (the whole file, what ``transcribe`` did before the detectors gated it),
 and with each detector. Prints one Markdown table per part.
@@ -108,6 +111,68 @@ def sentence_errors(chunks: list[dict], spans: list) -> list[float]:
     return errors
 
 
+def cue_differences(ours: list[dict], theirs: list[tuple[float, float, str]]) -> tuple[int, list[float]]:
+    """Cue texts equal to ours (in order), and |start| and |end| differences of each of our cues to the cue of
+    theirs nearest in start."""
+    same = sum(a["text"] == b[2] for a, b in zip(ours, theirs, strict=False))
+    gaps = []
+    for cue in ours:
+        start, end, _ = min(theirs, key=lambda t: abs(t[0] - cue["start"]))
+        gaps += [abs(start - cue["start"]), abs(end - cue["end"])]
+    return same, gaps
+
+
+def takehome(checkpoint: str, built: dict, decoder, extractor, folder: Path) -> None:
+    """The exported folders' long-form cues against transcribe's (``--timestamps model``), per condition."""
+    import faster_whisper
+    from transformers import pipeline
+
+    from whisper_lora_pl.deploy import faster_whisper_kwargs
+    from whisper_lora_pl.export import RunInfo, export, long_form_kwargs
+
+    written = export(Path(checkpoint), folder / "export", ("merged",), ctranslate2="float32")
+    info = RunInfo.read(written["merged"])
+    asr = pipeline("automatic-speech-recognition", model=str(written["merged"]), device="cpu")
+    runtime = faster_whisper.WhisperModel(str(written["ctranslate2"]), device="cpu", compute_type="float32")
+    decoder.timestamps = True
+    print("\n| audio | path | long-form CER | cues | cue texts = transcribe's | start/end vs transcribe's, "
+          "median / max (s) | decode s |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
+    for kind, files in built.items():
+        began = time.perf_counter()
+        records = transcribe([p for p, _ in files], decoder, extractor).records
+        took = {"transcribe --timestamps model": time.perf_counter() - began}
+        cues = {"transcribe --timestamps model": [[(c["start"], c["end"], c["text"]) for c in r["chunks"]]
+                                                  for r in records]}  # fmt: skip
+        began = time.perf_counter()
+        cues["pipeline(return_timestamps=True)"] = [
+            [(*c["timestamp"], c["text"].strip()) for c in
+             asr({"raw": load_audio(p), "sampling_rate": RATE}, return_timestamps=True,
+                 generate_kwargs=long_form_kwargs(info))["chunks"]]
+            for p, _ in files
+        ]  # fmt: skip
+        took["pipeline(return_timestamps=True)"] = time.perf_counter() - began
+        began = time.perf_counter()
+        cues["faster-whisper without_timestamps=False"] = [
+            [(s.start, s.end, s.text.strip()) for s in
+             runtime.transcribe(load_audio(p), **faster_whisper_kwargs(info, timestamps=True))[0]]
+            for p, _ in files
+        ]  # fmt: skip
+        took["faster-whisper without_timestamps=False"] = time.perf_counter() - began
+        for path_name, found in cues.items():
+            rates = ErrorRates("zh", prefix="")
+            rates.update(["".join(t for *_, t in f) for f in found], ["".join(s for *_, s in sp) for _, sp in files])
+            same, gaps, total = 0, [], 0
+            for record, theirs in zip(records, found, strict=True):
+                equal, differences = cue_differences(record["chunks"], theirs) if theirs else (0, [])
+                same, gaps, total = same + equal, gaps + differences, total + len(theirs)
+            print(
+                f"| {kind} | {path_name} | {rates.metrics.compute()['cer'].item():.3f} | {total} | {same} | "
+                f"{np.median(gaps):.2f} / {max(gaps):.2f} | {took[path_name]:.1f} |"
+            )
+    decoder.timestamps = False
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint")
@@ -119,6 +184,9 @@ def main() -> None:
     parser.add_argument("--max-segment", type=float)
     parser.add_argument("--modes", nargs="+", default=["energy:pauses", "vad:pauses"], help="SPEECH:TIMESTAMPS")
     parser.add_argument("--no-nonspeech", action="store_true", help="skip the table of audio without speech")
+    parser.add_argument(
+        "--takehome", action="store_true", help="also the merged and CTranslate2 exports' cues (needs --checkpoint)"
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
     model, processor, info = load_model(args.model, args.adapter, args.checkpoint)
@@ -156,6 +224,8 @@ def main() -> None:
                     f"{took:.1f} |"
                 )
         decoder.timestamps = False
+        if args.takehome:
+            takehome(args.checkpoint, built, decoder, extractor, folder)
         if args.no_nonspeech:
             return
         print("\n| audio | characters: whole file decoded | energy | vad |")

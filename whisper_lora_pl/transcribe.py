@@ -38,6 +38,7 @@ from peft import PeftConfig, PeftModel
 from tqdm.auto import tqdm
 from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
+from whisper_lora_pl import cues
 from whisper_lora_pl.audio import AUDIO_SUFFIXES, SAMPLING_RATE, AudioError, load_audio
 from whisper_lora_pl.convert import resolve_model_name
 from whisper_lora_pl.decode import Decoder
@@ -279,13 +280,15 @@ def _decode(pieces: list[_Piece], decoder: Decoder, batch_size: int, files: _Fil
         bar.update(len(batch))
 
 
-def srt(chunks: list[dict]) -> str:
+def srt(chunks: list[dict], max_seconds: float = cues.MAX_SECONDS, max_width: float = cues.MAX_WIDTH) -> str:
+    """SubRip text of a file's chunks, each cue cut to a readable length (:mod:`whisper_lora_pl.cues`)."""
+
     def stamp(seconds: float) -> str:
         ms = round(seconds * 1000)
         return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d},{ms % 1000:03d}"
 
-    cues = [c for c in chunks if c["text"]]
-    return "".join(f"{i}\n{stamp(c['start'])} --> {stamp(c['end'])}\n{c['text']}\n\n" for i, c in enumerate(cues, 1))
+    said = cues.readable([c for c in chunks if c["text"]], max_seconds, max_width)
+    return "".join(f"{i}\n{stamp(c['start'])} --> {stamp(c['end'])}\n{c['text']}\n\n" for i, c in enumerate(said, 1))
 
 
 class Writer:
@@ -296,9 +299,12 @@ class Writer:
     skips them); error lines are dropped, so those files are tried again.
     """
 
-    def __init__(self, out: Path, resume: bool = False) -> None:
+    def __init__(
+        self, out: Path, resume: bool = False, max_cue: tuple[float, float] = (cues.MAX_SECONDS, cues.MAX_WIDTH)
+    ) -> None:
         out.mkdir(parents=True, exist_ok=True)
         self.out = out
+        self.max_cue = max_cue
         self.used: set[str] = set()
         self.done: set[str] = set()
         path = out / "transcripts.jsonl"
@@ -334,7 +340,7 @@ class Writer:
         if "error" not in record:
             name = self._name(record["path"])
             (self.out / f"{name}.txt").write_text(record["text"] + "\n", encoding="utf-8")
-            (self.out / f"{name}.srt").write_text(srt(record["chunks"]), encoding="utf-8")
+            (self.out / f"{name}.srt").write_text(srt(record["chunks"], *self.max_cue), encoding="utf-8")
         self._line(record)
 
     def close(self) -> None:
@@ -404,6 +410,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("inputs", nargs="+", help="audio files or folders")
     parser.add_argument("--out", type=Path, required=True, help="folder for .txt, .srt and transcripts.jsonl")
     model_arguments(parser)
+    parser.add_argument(
+        "--max-cue-seconds",
+        type=float,
+        default=cues.MAX_SECONDS,
+        help="split a subtitle cue that lasts longer, its time shared by its text (0: never; the JSONL keeps the "
+        "pieces as decoded)",
+    )
+    parser.add_argument(
+        "--max-cue-width",
+        type=float,
+        default=cues.MAX_WIDTH,
+        help="split a subtitle cue wider than this many columns (two lines of 42; a Chinese character counts 42/16)",
+    )
     parser.add_argument("--stride", type=float, help="ignored (kept for old scripts): pieces are cut at pauses")
     parser.add_argument(
         "--resume",
@@ -415,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     files = find_audio(args.inputs)
     decoder, processor = decoder_from_args(parser, args)
-    writer = Writer(args.out, resume=args.resume)
+    writer = Writer(args.out, resume=args.resume, max_cue=(args.max_cue_seconds, args.max_cue_width))
     todo = [path for path in files if str(path) not in writer.done]
     result = Transcripts()
     try:
