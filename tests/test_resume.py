@@ -65,10 +65,23 @@ def adapters(module: WhisperLoRA) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items() if "lora_" in k}
 
 
-def test_resume_mid_epoch_continues_exactly(tiny_model, cv_release, tmp_path):
-    straight = fit(tiny_model, cv_release, tmp_path / "straight" / "run", "--trainer.max_steps=6")
-    fit(tiny_model, cv_release, tmp_path / "split" / "first", "--trainer.max_steps=3")  # stops inside epoch 0
-    resumed = fit(tiny_model, cv_release, tmp_path / "split" / "second", "--trainer.max_steps=6", "--ckpt_path=last")
+#: every augmentation on, each clip more likely changed than not (tests/test_augment.py checks what each does)
+AUGMENTED = (
+    "--data.augment.speed_prob=0.7",
+    "--data.augment.noise_prob=0.7",
+    "--data.augment.gain_prob=0.7",
+    "--model.spec_augment.mask_time_prob=0.3",
+    "--model.spec_augment.mask_feature_prob=0.3",
+)
+
+
+@pytest.mark.parametrize("augment", [(), AUGMENTED], ids=["plain", "augmented"])
+def test_resume_mid_epoch_continues_exactly(tiny_model, cv_release, tmp_path, augment):
+    straight = fit(tiny_model, cv_release, tmp_path / "straight" / "run", "--trainer.max_steps=6", *augment)
+    fit(tiny_model, cv_release, tmp_path / "split" / "first", "--trainer.max_steps=3", *augment)  # inside epoch 0
+    resumed = fit(
+        tiny_model, cv_release, tmp_path / "split" / "second", "--trainer.max_steps=6", "--ckpt_path=last", *augment
+    )
     assert resumed.trainer.global_step == 6
     whole, first, second = (
         losses(tmp_path / "straight" / "run"),

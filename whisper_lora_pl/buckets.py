@@ -37,6 +37,7 @@ class DurationBuckets(DistributedSampler):
         rank: int = 0,
         seed: int = 0,
         current_epoch: Callable[[], int] = lambda: 0,
+        epoch_tags: bool = False,
     ) -> None:
         if batch_size < 1 or num_buckets < 1 or (batch_seconds is not None and batch_seconds <= 0):
             raise ValueError("batch_size and num_buckets must be at least 1, batch_seconds above 0")
@@ -44,6 +45,7 @@ class DurationBuckets(DistributedSampler):
         self.durations = np.asarray(durations, dtype=np.float64)
         self.batch_size, self.batch_seconds = batch_size, batch_seconds
         self.current_epoch = current_epoch
+        self.epoch_tags = epoch_tags  # yield (index, epoch) pairs: what a dataset that augments draws from
         order = np.argsort(self.durations, kind="stable")
         wanted = min(num_buckets, max(1, len(order) // max(1, self._estimated_cap() * num_replicas)))
         self.buckets = [bucket for bucket in np.array_split(order, wanted) if len(bucket)]
@@ -79,7 +81,10 @@ class DurationBuckets(DistributedSampler):
 
     def __iter__(self) -> Iterator[list[int]]:
         self.epoch = self.current_epoch()
-        return iter([step[self.rank] for step in self.steps(self.epoch)])
+        batches = [step[self.rank] for step in self.steps(self.epoch)]
+        if self.epoch_tags:
+            batches = [[(index, self.epoch) for index in batch] for batch in batches]
+        return iter(batches)
 
     def __len__(self) -> int:
         return sum(self.batches) // self.num_replicas
@@ -91,7 +96,7 @@ class Batches(Dataset):
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
 
-    def __getitem__(self, indices: list[int] | int) -> list:
+    def __getitem__(self, indices: list | int) -> list:
         if isinstance(indices, int):  # Lightning's overfit_batches swaps the sampler for a sequential one
             indices = [indices]
         return [self.dataset[index] for index in indices]

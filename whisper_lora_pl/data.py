@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from transformers import WhisperConfig, WhisperProcessor
 
 from whisper_lora_pl.audio import AudioError, audio_duration
+from whisper_lora_pl.augment import Augment, Augmenter, noise_files
 from whisper_lora_pl.buckets import Batches, DurationBuckets
 from whisper_lora_pl.collate import SpeechCollator, UnrepeatedDistributedSampler
 from whisper_lora_pl.convert import resolve_model_name
@@ -69,6 +70,9 @@ class WhisperDataModule(L.LightningDataModule):
         timestamp_share: share of training windows (or single clips, without ``pack_windows``) whose labels hold
             each clip's text between its start and end timestamp tokens instead of ``<|notimestamps|>``: what the
             model needs to time subtitles itself (``transcribe --timestamps model``).
+        augment: speed perturbation, noise and gain of the training clips' audio, every draw from
+            (``shuffle_seed``, epoch, clip) (:mod:`whisper_lora_pl.augment`; off by default). Not yet with
+            ``pack_windows`` or ``timestamp_share``.
     """
 
     def __init__(
@@ -96,8 +100,12 @@ class WhisperDataModule(L.LightningDataModule):
         pack_windows: bool = False,
         pack_pauses: tuple[float, float] = (0.1, 1.5),
         timestamp_share: float = 0.0,
+        augment: Augment = Augment(),
     ) -> None:
         super().__init__()
+        augment.check()
+        if augment.active and (pack_windows or timestamp_share > 0):
+            raise ValueError("data.augment does not work with data.pack_windows or data.timestamp_share yet")
         if not 0.0 <= timestamp_share <= 1.0 or not 0.0 <= pack_pauses[0] <= pack_pauses[1]:
             raise ValueError("timestamp_share must be in [0, 1], pack_pauses a (shortest, longest) pair of seconds")
         self.source = source
@@ -123,6 +131,8 @@ class WhisperDataModule(L.LightningDataModule):
         self.probe_threads = probe_threads
         self.shuffle_seed = shuffle_seed
         self.pack_windows, self.pack_pauses, self.timestamp_share = pack_windows, pack_pauses, timestamp_share
+        self.augment = augment
+        self.augmenter: Augmenter | None = None  # built in setup, for the training split
         self.processor: WhisperProcessor | None = None
         self.max_label_length = 0  # the decoder's limit, read from the model's config in setup
         self.prepared: dict[Stage, PreparedSplit] = {}
@@ -154,6 +164,18 @@ class WhisperDataModule(L.LightningDataModule):
             if name not in self.prepared and self.split_names[name]:
                 self.prepared[name] = self.prepare_split(name)
                 rank_zero_info(self.prepared[name].summary(f"{name} ({self.split_names[name]})"))
+        if "train" in self.prepared and self.augment.active and self.augmenter is None:
+            clips = SpeechDataset(self.prepared["train"], self.processor.feature_extractor)
+            folder = self.augment.noise_folder if self.augment.noise_prob else None
+            noise = noise_files(folder) if folder else []
+            self.augmenter = Augmenter(
+                self.augment,
+                self.shuffle_seed,
+                self.processor.feature_extractor.n_samples,
+                noise,
+                clips.wave,
+                len(clips),
+            )
 
     def prepare_split(self, stage: Stage) -> PreparedSplit:
         """Read, cut to ``max_*_samples``, filter and tokenize one split; every skip is counted by reason (and each
@@ -218,7 +240,8 @@ class WhisperDataModule(L.LightningDataModule):
     def dataset(self, stage: Stage) -> SpeechDataset:
         if stage not in self.prepared:
             raise RuntimeError(f"no {stage} split: set data.{stage}_split in the config")
-        return SpeechDataset(self.prepared[stage], self.processor.feature_extractor)
+        augmenter = self.augmenter if stage == "train" else None  # evaluation is never augmented
+        return SpeechDataset(self.prepared[stage], self.processor.feature_extractor, augmenter)
 
     def _loader(self, stage: Stage, batch_size: int, shuffle: bool) -> DataLoader:
         """Training uses a stateful loader, so a checkpoint taken mid-epoch resumes at the next batch, not at the
@@ -238,8 +261,11 @@ class WhisperDataModule(L.LightningDataModule):
             sampler, dataset = self._packed(dataset, batch_size, world, rank)
             batch_size, shuffle = None, False
         elif stage == "train":
+            durations = self.prepared[stage].durations
+            if self.augmenter is not None and self.augment.speed_prob:  # slowed down, a clip lasts longer
+                durations = [d / min(1.0, *self.augment.speed_factors) for d in durations]
             sampler = DurationBuckets(
-                self.prepared[stage].durations,
+                durations,
                 batch_size,
                 self.batch_seconds,
                 self.num_buckets,
@@ -247,6 +273,7 @@ class WhisperDataModule(L.LightningDataModule):
                 rank,
                 self.shuffle_seed,
                 (lambda: trainer.current_epoch) if trainer is not None else (lambda: 0),
+                epoch_tags=self.augmenter is not None,
             )
             dataset, batch_size, shuffle = Batches(dataset), None, False  # the sampler batches and shuffles
         elif world > 1:

@@ -7,10 +7,12 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 
+import numpy as np
 from torch.utils.data import Dataset
 from transformers import WhisperFeatureExtractor
 
 from whisper_lora_pl.audio import SAMPLING_RATE, AudioError, load_audio
+from whisper_lora_pl.augment import Augmenter
 from whisper_lora_pl.features import log_mel
 from whisper_lora_pl.sources import Example
 
@@ -33,19 +35,31 @@ class PreparedSplit:
 
 class SpeechDataset(Dataset):
     """Decodes and featurizes one clip per item. A clip that fails (unreadable, non-finite, nothing left) is warned
-    about and becomes ``{"index", "id", "skip": reason}``, which the collator counts instead of batching."""
+    about and becomes ``{"index", "id", "skip": reason}``, which the collator counts instead of batching.
 
-    def __init__(self, split: PreparedSplit, feature_extractor: WhisperFeatureExtractor) -> None:
+    With an ``augmenter`` (training only), items are asked for as ``(index, epoch)`` and the clip's audio is
+    augmented from that pair before its log-mel."""
+
+    def __init__(
+        self, split: PreparedSplit, feature_extractor: WhisperFeatureExtractor, augmenter: Augmenter | None = None
+    ) -> None:
         self.split = split
         self.feature_extractor = feature_extractor
+        self.augmenter = augmenter
 
     def __len__(self) -> int:
         return len(self.split.examples)
 
-    def __getitem__(self, index: int) -> dict:
+    def wave(self, index: int) -> np.ndarray:
+        return load_audio(self.split.examples[index].audio, SAMPLING_RATE)
+
+    def __getitem__(self, item: int | tuple[int, int]) -> dict:
+        index, epoch = item if isinstance(item, tuple) else (item, None)
         example = self.split.examples[index]
         try:
             wave = load_audio(example.audio, SAMPLING_RATE)
+            if self.augmenter is not None and epoch is not None:
+                wave = self.augmenter(wave, epoch, index)
             features = log_mel(self.feature_extractor, wave)
         except AudioError as err:
             log.warning("skipping clip %s: %s", example.id, err)

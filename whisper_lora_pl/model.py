@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 import torch
@@ -56,6 +56,42 @@ class LoraSettings:
             target_modules=list(self.target_modules),
             bias=self.bias,
         )
+
+
+@dataclass(frozen=True)
+class SpecAugment:
+    """SpecAugment of the training log-mel through transformers' own masks (``WhisperModel._mask_input_features``,
+    training mode only), drawn over each clip's frames, never over its padding (all off by default).
+
+    Args:
+        mask_time_prob: about this share of a clip's frames is masked, in spans of ``mask_time_length`` frames
+            (10 ms each); 0: no time masks.
+        mask_time_length: frames per time mask.
+        mask_time_min_masks: time masks per clip at least, when ``mask_time_prob`` is above 0.
+        mask_feature_prob: about this share of the mel bins is masked, in bands of ``mask_feature_length``.
+        mask_feature_length: mel bins per frequency mask.
+        mask_feature_min_masks: frequency masks per clip at least, when ``mask_feature_prob`` is above 0.
+    """
+
+    mask_time_prob: float = 0.0
+    mask_time_length: int = 10
+    mask_time_min_masks: int = 2
+    mask_feature_prob: float = 0.0
+    mask_feature_length: int = 10
+    mask_feature_min_masks: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.mask_time_prob > 0 or self.mask_feature_prob > 0
+
+    def configure(self, model: torch.nn.Module) -> None:
+        """Set the masks on ``model``'s config (transformers reads them there in every training forward)."""
+        if not (0 <= self.mask_time_prob <= 1 and 0 <= self.mask_feature_prob <= 1):
+            raise ValueError("model.spec_augment's mask_time_prob and mask_feature_prob must be in [0, 1]")
+        config = model.config
+        config.apply_spec_augment = self.active
+        for name, value in asdict(self).items():
+            setattr(config, name, value)
 
 
 def quantization_config(quantization: Quantization) -> BitsAndBytesConfig | None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
@@ -17,13 +19,14 @@ from transformers import WhisperProcessor, get_scheduler
 from whisper_lora_pl.collate import IGNORE_INDEX, has_clips
 from whisper_lora_pl.convert import resolve_model_name
 from whisper_lora_pl.decode import Decoded, Decoder, DecodingSettings
-from whisper_lora_pl.features import set_feature_context
+from whisper_lora_pl.features import FRAMES_PER_SECOND, set_feature_context
 from whisper_lora_pl.merging import RunInfo, with_adapters
 from whisper_lora_pl.model import (
     BaseDtype,
     EncoderLength,
     LoraSettings,
     Quantization,
+    SpecAugment,
     build_whisper_lora,
     count_parameters,
 )
@@ -68,6 +71,8 @@ class WhisperLoRA(L.LightningModule):
         encoder_min_seconds: with ``dynamic``, a batch is never cut below this many seconds: short clips keep some
             of the trailing silence Whisper always saw in pretraining.
         lora: LoRA rank, alpha, dropout, target modules and bias (a frozen dataclass: safe as a default).
+        spec_augment: SpecAugment time and frequency masks on the training log-mel (off by default); each batch's
+            masks are drawn from (the run's seed, epoch, its clips), so a resumed run masks as the unbroken one.
         gradient_checkpointing: recompute activations in backward (non-reentrant) to save memory.
         reentrant_checkpointing: checkpoint reentrantly instead, with input hooks that keep the encoder's adapters
             trained; with an int8 base it saves far more memory (see ``build_whisper_lora``).
@@ -99,6 +104,7 @@ class WhisperLoRA(L.LightningModule):
         encoder_length: EncoderLength = "padded",
         encoder_min_seconds: float = 0.0,
         lora: LoraSettings = LoraSettings(),
+        spec_augment: SpecAugment = SpecAugment(),
         gradient_checkpointing: bool = True,
         reentrant_checkpointing: bool = False,
         optimizer: OptimizerCallable = torch.optim.AdamW,
@@ -112,8 +118,10 @@ class WhisperLoRA(L.LightningModule):
         on_nonfinite_loss: Literal["stop", "skip"] = "stop",
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["optimizer", "lora", "decoding"])
+        self.save_hyperparameters(ignore=["optimizer", "lora", "decoding", "spec_augment"])
         self.hparams["lora"] = asdict(lora)  # plain values: checkpoints load with weights_only=True
+        self.spec_augment = SpecAugment(**spec_augment) if isinstance(spec_augment, dict) else spec_augment
+        self.hparams["spec_augment"] = asdict(self.spec_augment)
         self.hparams["decoding"] = asdict(decoding)
         self.decoding = decoding
         self.decoder: Decoder | None = None  #: the decoding of the pass under way (see evaluate_merged)
@@ -154,6 +162,7 @@ class WhisperLoRA(L.LightningModule):
             hp.encoder_length,
             hp.get("encoder_min_seconds", 0.0),
         )
+        self.spec_augment.configure(self.model)
         # from_pretrained returns eval mode and Lightning (>= 2.2) keeps each submodule's mode: without this,
         # training would silently run with gradient checkpointing and LoRA dropout off
         self.model.train()
@@ -174,7 +183,7 @@ class WhisperLoRA(L.LightningModule):
     def training_step(self, batch: dict | None, batch_idx: int) -> torch.Tensor | None:
         # clips that failed to decode were warned about in the worker and are counted here; a batch may hold none
         self.tally.skip((batch or {}).get("skipped", {}), "train")
-        loss = self(self._encoder_input(batch), batch["labels"]).loss if has_clips(batch) else None
+        loss = self._training_loss(batch) if has_clips(batch) else None
         status = STEP_EMPTY if loss is None else (STEP_OK if torch.isfinite(loss) else STEP_NONFINITE)
         # every rank takes the same decision: one rank skipping backward alone would hang DDP's all-reduce
         status = int(self.trainer.strategy.reduce(torch.tensor(status, device=self.device), reduce_op="max"))
@@ -192,6 +201,25 @@ class WhisperLoRA(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], prog_bar=False, batch_size=size)
         return loss
+
+    def _training_loss(self, batch: dict) -> torch.Tensor:
+        features = self._encoder_input(batch)
+        if not self.spec_augment.active:
+            return self(features, batch["labels"]).loss
+        # transformers draws the masks from numpy's global generator: seeded here from (seed, epoch, clips) and
+        # put back after, so they are a function of the batch (exact on resume, other clips on other ranks)
+        # and nothing else's draws move; the attention mask keeps them on each clip's frames, off its padding
+        frames = torch.arange(features.shape[-1], device=features.device)
+        lengths = (batch["duration"].to(features.device) * FRAMES_PER_SECOND).ceil()
+        attention_mask = (frames[None] < lengths[:, None]).long()
+        seed = [int(os.environ.get("PL_GLOBAL_SEED", 0)), self.current_epoch, *batch["index"].tolist()]
+        state = np.random.get_state()
+        np.random.seed(np.random.SeedSequence(seed).generate_state(1)[0])
+        try:  # masked in place: on a copy, so the batch stays as loaded
+            masked = features.clone()
+            return self.model(input_features=masked, attention_mask=attention_mask, labels=batch["labels"]).loss
+        finally:
+            np.random.set_state(state)
 
     def _encoder_input(self, batch: dict) -> torch.Tensor:
         """The batch's features as the encoder takes them: the full window, or cut after the longest clip."""
