@@ -1,7 +1,10 @@
 """Long audio timed by the model itself (``transcribe --timestamps model``): window after window, as OpenAI's
 ``transcribe`` does, for a run that trained on timestamp labels (``data.timestamp_share``).
 
-Each file is read in windows of the encoder's context. A window is decoded with timestamps (the evaluation's
+Each file is read in windows of the encoder's context. As in OpenAI's ``transcribe`` and faster-whisper, the log-mel is
+computed once over the whole file followed by a window of silence (Whisper's level normalisation sees the whole
+file), and a window is the frames from its start: so a window's features do not depend on where the last one ended,
+and the cues are those faster-whisper writes. A window is decoded with timestamps (the evaluation's
 decoder: same prompt, budget and loop guard, timestamps on); its closed segments become cues. When the window's
 output ends inside a segment (the window cut a sentence), the next window starts at the end of the last closed
 segment, so that sentence is decoded whole; otherwise the next window starts where this one ended. The files under
@@ -19,7 +22,6 @@ import torch
 
 from whisper_lora_pl.audio import SAMPLING_RATE, AudioError
 from whisper_lora_pl.decode import TIME_STEP, Decoded, Decoder
-from whisper_lora_pl.features import log_mel
 from whisper_lora_pl.segments import Detector, split
 
 #: finish(path, duration, chunks, error): a file is done, with its cues (or why it failed)
@@ -34,6 +36,7 @@ class _Cursor:
     chunks: list[dict] = field(default_factory=list)
     error: str | None = None
     features: np.ndarray | None = None  #: of the window under way
+    mel: np.ndarray | None = None  #: of the whole file and a window of silence
 
 
 def sequential(
@@ -80,13 +83,30 @@ def sequential(
 
 
 def _checked(cursor: _Cursor, piece: np.ndarray, feature_extractor) -> bool:
-    """Compute the window's features onto the cursor; a window whose features are not finite fails its file."""
+    """Put the window's features on the cursor (the file's log-mel is computed at its first window); a file whose
+    features are not finite fails."""
+    frames = feature_extractor.nb_max_frames
     try:
-        cursor.features = log_mel(feature_extractor, piece)
+        if cursor.mel is None:
+            cursor.mel = whole_log_mel(feature_extractor, cursor.wave)
     except AudioError as err:
         cursor.error, cursor.seek = f"{cursor.path}: {err}", len(cursor.wave)
         return False
+    start = cursor.seek // feature_extractor.hop_length
+    cursor.features = cursor.mel[:, start : start + frames]
     return True
+
+
+def whole_log_mel(feature_extractor, wave: np.ndarray) -> np.ndarray:
+    """Whisper's log-mel of ``wave`` followed by a window of silence (OpenAI's ``log_mel_spectrogram(audio,
+    padding=N_SAMPLES)``): every window cut from it holds a full window of frames."""
+    padded = np.concatenate([wave.astype(np.float32, copy=False), np.zeros(feature_extractor.n_samples, np.float32)])
+    mel = feature_extractor(
+        padded, sampling_rate=SAMPLING_RATE, truncation=False, padding="longest", return_tensors="np"
+    ).input_features[0]
+    if not np.isfinite(mel).all():
+        raise AudioError("its log-mel features are not finite (samples far outside [-1, 1])", "non-finite features")
+    return mel
 
 
 def _advance(cursor: _Cursor, piece: np.ndarray, outcome: Decoded, full: bool, first_timestamp: int) -> None:
