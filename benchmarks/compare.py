@@ -95,6 +95,7 @@ def run_ours(t0: float, a: argparse.Namespace, out: Path) -> dict:
         "int8",
         context_seconds=a.context_seconds,
         encoder_length=a.encoder_length,
+        encoder_full_share=a.encoder_full_share,
         gradient_checkpointing=a.impl != "ours-nockpt",
         reentrant_checkpointing=True,
         optimizer=optimizer,
@@ -169,6 +170,8 @@ def child(a: argparse.Namespace) -> None:
     import torch
 
     torch.manual_seed(a.seed)
+    if a.impl != "theirs":  # as train.py's seed_everything: the seed also draws ours' full-window steps
+        os.environ["PL_GLOBAL_SEED"] = str(a.seed)
     torch.set_num_threads(a.threads)
     work = Path(tempfile.mkdtemp(prefix=f"bench-{a.impl}-"))
     cache = work / "datasets-cache"
@@ -322,6 +325,11 @@ def main() -> None:
         "configs/demo.yaml's)",
     )
     parser.add_argument(
+        "--encoder-full-share",
+        type=float,
+        help="ours, dynamic: share of training steps on the full window (default: configs/demo.yaml's)",
+    )
+    parser.add_argument(
         "--num-buckets", type=int, help="ours: duration buckets of the training batches (default: configs/demo.yaml's)"
     )
     parser.add_argument(
@@ -365,9 +373,12 @@ def main() -> None:
         a.eval_batch = a.eval_batch or 8
         a.workers = 0 if a.workers is None else a.workers
         a.encoder_length = "padded"
+        a.encoder_full_share = 0.0
     else:
         a.eval_batch, a.workers = a.eval_batch or 16, 2 if a.workers is None else a.workers
         a.encoder_length = a.encoder_length or demo["model"].get("encoder_length", "padded")
+        if a.encoder_full_share is None:
+            a.encoder_full_share = demo["model"].get("encoder_full_share", 0.0)
     if a.replicate > 1:
         a.corpus = replicated(a.corpus, a.replicate)
     passthrough = [
@@ -400,7 +411,8 @@ def main() -> None:
         print(
             f"Ours at its defaults against theirs as the tutorial ships it. Differences: evaluation batch "
             f"{a.eval_batch} (theirs 8), {a.workers} DataLoader workers for ours (theirs 0 workers for the evaluation "
-            f"loop and the Trainer), context {a.context_seconds:g} s {a.encoder_length} (theirs 30 s padded), "
+            f"loop and the Trainer), context {a.context_seconds:g} s {a.encoder_length} "
+            f"(full window on a share {a.encoder_full_share:g} of steps; theirs 30 s padded), "
             f"training batches from {a.num_buckets} duration buckets (theirs shuffled), ours' per-clip token budget "
             f"and loop guard (theirs up to {a.max_new_tokens} tokens, no guard), evaluation on the merged model, "
             "test clips sorted by duration."

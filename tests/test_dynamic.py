@@ -92,6 +92,40 @@ def test_training_feeds_the_encoder_each_batch_cut_after_its_longest_clip(dynami
     assert max(longest) <= 1.5 and set(seen) == {300}  # clips of 1-1.5 s: 2.5 s at least, rounded up to 3 s
 
 
+def test_a_share_of_dynamic_training_steps_keeps_the_full_window(tiny_model, cv_release, tmp_path):
+    """encoder_full_share: the steps drawn from (seed, step) see all 3,000 frames, the others the cut batch; the
+    draw is the same on a rerun (and so on resume and on every rank, which share the seed and the step)."""
+
+    def frames_per_step() -> list[int]:
+        cli = main(
+            [
+                *tiny_args(tiny_model, cv_release, tmp_path / str(len(runs)), "--trainer.max_steps=8"),
+                "--trainer.limit_val_batches=0",
+                "--model.encoder_length=dynamic",
+                "--model.encoder_full_share=0.5",
+            ],
+            run=False,
+        )
+        seen: list[int] = []
+
+        class Watch(L.Callback):
+            def on_fit_start(self, trainer, module):
+                module.model.get_encoder().register_forward_pre_hook(lambda _, args: seen.append(args[0].shape[-1]))
+
+        cli.trainer.callbacks.append(Watch())
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        return seen
+
+    runs: list[list[int]] = []
+    runs.append(frames_per_step())
+    runs.append(frames_per_step())
+    assert runs[0] == runs[1] and len(runs[0]) == 8
+    assert set(runs[0]) == {200, 3000}  # clips of 1-1.5 s cut to 2 s, or the full window
+    assert 1 <= runs[0].count(3000) <= 7
+    with pytest.raises(ValueError, match="encoder_full_share"):
+        main([*tiny_args(tiny_model, cv_release, tmp_path / "bad"), "--model.encoder_full_share=1.5"], run=False)
+
+
 def test_every_take_home_path_of_a_dynamic_run_decodes_like_its_evaluation(
     tiny_model, cv_release, dynamic_run, tmp_path
 ):

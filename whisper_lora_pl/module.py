@@ -70,6 +70,9 @@ class WhisperLoRA(L.LightningModule):
             transcribe all do it (the merged folder still decodes at 30 s in transformers and faster-whisper).
         encoder_min_seconds: with ``dynamic``, a batch is never cut below this many seconds: short clips keep some
             of the trailing silence Whisper always saw in pretraining.
+        encoder_full_share: with ``dynamic``, this share of training steps keeps the full window (drawn from the
+            run's seed and the step: the same on every rank and on resume), so the model stays as right at 30 s,
+            where transformers' pipeline and faster-whisper decode, as at the cut lengths it evaluates with.
         lora: LoRA rank, alpha, dropout, target modules and bias (a frozen dataclass: safe as a default).
         spec_augment: SpecAugment time and frequency masks on the training log-mel (off by default); each batch's
             masks are drawn from (the run's seed, epoch, its clips), so a resumed run masks as the unbroken one.
@@ -103,6 +106,7 @@ class WhisperLoRA(L.LightningModule):
         context_seconds: float = 30.0,
         encoder_length: EncoderLength = "padded",
         encoder_min_seconds: float = 0.0,
+        encoder_full_share: float = 0.0,
         lora: LoraSettings = LoraSettings(),
         spec_augment: SpecAugment = SpecAugment(),
         gradient_checkpointing: bool = True,
@@ -118,6 +122,8 @@ class WhisperLoRA(L.LightningModule):
         on_nonfinite_loss: Literal["stop", "skip"] = "stop",
     ) -> None:
         super().__init__()
+        if not 0.0 <= encoder_full_share <= 1.0:
+            raise ValueError(f"model.encoder_full_share must lie in [0, 1], got {encoder_full_share}")
         self.save_hyperparameters(ignore=["optimizer", "lora", "decoding", "spec_augment"])
         self.hparams["lora"] = asdict(lora)  # plain values: checkpoints load with weights_only=True
         self.spec_augment = SpecAugment(**spec_augment) if isinstance(spec_augment, dict) else spec_augment
@@ -222,10 +228,21 @@ class WhisperLoRA(L.LightningModule):
             np.random.set_state(state)
 
     def _encoder_input(self, batch: dict) -> torch.Tensor:
-        """The batch's features as the encoder takes them: the full window, or cut after the longest clip."""
-        if cut := getattr(self.model.get_encoder(), "cut", None):  # encoder_length: dynamic
-            return cut(batch["input_features"], batch["duration"].tolist())
-        return batch["input_features"]
+        """The training batch's features as the encoder takes them: the full window, or cut after the longest clip
+        (but for the ``encoder_full_share`` of steps that keep the full window)."""
+        cut = getattr(self.model.get_encoder(), "cut", None)  # encoder_length: dynamic
+        if cut is None or self._full_window_step():
+            return batch["input_features"]
+        return cut(batch["input_features"], batch["duration"].tolist())
+
+    def _full_window_step(self) -> bool:
+        """Whether this step trains on the full window: a draw from (seed, step) alone, so every rank of a DDP
+        step agrees (none waits on another's longer encoder) and a resumed run draws as the unbroken one."""
+        share = self.hparams.get("encoder_full_share", 0.0)
+        if share <= 0.0:
+            return False
+        seed = [int(os.environ.get("PL_GLOBAL_SEED", 0)), self.global_step, 0x5EED]
+        return bool(np.random.default_rng(seed).random() < share)
 
     def _skipped_step(self) -> torch.Tensor | None:
         """Drop this step's update. One process returns None (Lightning skips backward and the step). DDP refuses
