@@ -16,7 +16,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -24,43 +23,12 @@ REPO = Path(__file__).resolve().parent.parent
 
 def one_run(context: float, seed: int, extra: list[str]) -> dict:
     """Runs in the child process: fit the demo, time the training steps and the evaluation pass."""
-    import lightning as L
+    from demo_run import Clock, demo_args
 
     from whisper_lora_pl.cli import main
 
-    class Clock(L.Callback):
-        def __init__(self) -> None:
-            self.train = self.evaluation = 0.0
-
-        def on_train_batch_start(self, *args) -> None:
-            self._step = time.perf_counter()
-
-        def on_train_batch_end(self, *args) -> None:
-            self.train += time.perf_counter() - self._step
-
-        def on_validation_epoch_start(self, *args) -> None:
-            self._eval = time.perf_counter()
-
-        def on_validation_epoch_end(self, *args) -> None:
-            self.evaluation = time.perf_counter() - self._eval
-
     with tempfile.TemporaryDirectory() as folder:
-        cli = main(
-            [
-                "--config",
-                str(REPO / "configs" / "demo.yaml"),
-                f"--data.source.init_args.root={REPO / 'data' / 'demo-zh-CN'}",
-                f"--trainer.default_root_dir={folder}",
-                "--trainer.callbacks=[]",
-                "--trainer.enable_checkpointing=false",
-                "--trainer.num_sanity_val_steps=0",
-                "--trainer.enable_progress_bar=false",
-                f"--model.context_seconds={context}",
-                f"--seed_everything={seed}",
-                *extra,
-            ],
-            run=False,
-        )
+        cli = main(demo_args(folder, seed, f"--model.context_seconds={context}", *extra), run=False)
         clock = Clock()
         cli.trainer.callbacks.append(clock)
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)

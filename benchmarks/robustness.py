@@ -116,38 +116,14 @@ def worker_cost(repeats: int = 3) -> None:
 
 def one_run(setting: str, seed: int, roots: dict[str, str], extra: list[str]) -> dict:
     """Runs in the child process: fit the demo with ``setting``, time the training steps, evaluate every set."""
-    import lightning as L
+    from demo_run import Clock, demo_args
 
     from whisper_lora_pl.cli import main
     from whisper_lora_pl.sources import CommonVoiceFolder
 
-    class Clock(L.Callback):
-        train = 0.0
-
-        def on_train_batch_start(self, *args) -> None:
-            self._step = time.perf_counter()
-
-        def on_train_batch_end(self, *args) -> None:
-            self.train += time.perf_counter() - self._step
-
     with tempfile.TemporaryDirectory() as folder:
-        cli = main(
-            [
-                "--config",
-                str(REPO / "configs" / "demo.yaml"),
-                f"--data.source.init_args.root={REPO / 'data' / 'demo-zh-CN'}",
-                f"--trainer.default_root_dir={folder}",
-                "--trainer.callbacks=[]",
-                "--trainer.enable_checkpointing=false",
-                "--trainer.num_sanity_val_steps=0",
-                "--trainer.enable_progress_bar=false",
-                "--trainer.limit_val_batches=0",
-                f"--seed_everything={seed}",
-                *SETTINGS[setting],
-                *extra,
-            ],
-            run=False,
-        )
+        limit = "--trainer.limit_val_batches=0"
+        cli = main(demo_args(folder, seed, limit, *SETTINGS[setting], *extra), run=False)
         clock = Clock()
         cli.trainer.callbacks.append(clock)
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)

@@ -22,11 +22,11 @@ def tiny_en():
     model, processor, info = load_model("pypi:whisper-tiny.en")
     decoder = decoder_for(model, processor, info)
     decoder.timestamps = True
-    return decoder, processor
+    return decoder, processor, info
 
 
 def test_segments_are_read_in_openais_format(tiny_en):
-    decoder, _ = tiny_en
+    decoder, _, _ = tiny_en
     tokenizer = decoder.tokenizer
     first = tokenizer.convert_tokens_to_ids("<|0.00|>")
     words = lambda text: tokenizer(text, add_special_tokens=False).input_ids  # noqa: E731
@@ -36,7 +36,7 @@ def test_segments_are_read_in_openais_format(tiny_en):
 
 
 def test_long_audio_is_decoded_window_after_window_with_a_cue_per_sentence(tiny_en, tmp_path):
-    decoder, processor = tiny_en
+    decoder, processor, _ = tiny_en
     speech = load_audio(STELLA)
     period = len(speech) / 16_000 + 1.0
     path = tmp_path / "six.wav"  # 6 sentences with 1 s pauses: 37.5 s, two windows
@@ -82,8 +82,7 @@ def test_pipeline_and_faster_whisper_time_long_audio_as_transcribe_does(tiny_en,
     from whisper_lora_pl.deploy import faster_whisper_kwargs, to_ctranslate2
     from whisper_lora_pl.export import long_form_kwargs
 
-    decoder, processor = tiny_en
-    _, _, info = load_model("pypi:whisper-tiny.en")
+    decoder, processor, info = tiny_en
     audio = REPO / "tests" / "assets" / "en_eight.ogg"
     wave = load_audio(audio)
     (record,) = transcribe([audio], decoder, processor.feature_extractor).records
