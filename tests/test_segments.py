@@ -2,6 +2,8 @@
 silero-vad on real speech."""
 
 import itertools
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -103,3 +105,17 @@ def test_the_vad_cuts_real_speech_in_its_pauses_and_times_cues_at_the_sentences(
     # one clip per segment: each cue starts and ends within 0.3 s of its clip (espeak leaves a little silence)
     for s, (a, b) in zip(split(wave, RATE, max_seconds=5.5), spans, strict=True):
         assert abs(s.speech_start - a) <= 0.3 and abs(s.speech_end - b) <= 0.3, (s, a, b)
+
+
+def test_the_vad_leaves_torchs_thread_count_alone():
+    """silero_vad sets torch's threads to 1 for the whole process when imported: transcribe decoded at half speed
+    on 2 cores. In a fresh process, as a user's transcribe starts."""
+    script = (
+        "import numpy as np, torch\n"
+        "torch.set_num_threads(2)\n"
+        "from whisper_lora_pl.segments import split\n"
+        "split(np.zeros(16_000, np.float32), 16_000)\n"
+        "print(torch.get_num_threads())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120)
+    assert done.stdout.split()[-1] == "2"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -57,25 +58,29 @@ def speech_mask(levels: np.ndarray, range_db: float = 40.0, floor_margin_db: flo
 
 
 @functools.cache
-def _silero():
-    from silero_vad import load_silero_vad
+def _silero() -> tuple[torch.nn.Module, Callable]:
+    """silero-vad's model and its ``get_speech_timestamps``. Importing silero_vad calls ``torch.set_num_threads(1)``
+    for the whole process (its model.py), which halved the decoding speed of ``transcribe`` and the page on 2 cores:
+    the thread count is put back."""
+    threads = torch.get_num_threads()
+    try:
+        from silero_vad import get_speech_timestamps, load_silero_vad
 
-    return load_silero_vad()
+        return load_silero_vad(), get_speech_timestamps
+    finally:
+        torch.set_num_threads(threads)
 
 
 def vad_mask(wave: np.ndarray, rate: int, frames: int, threshold: float = 0.5) -> np.ndarray:
     """Frames (20 ms) inside the speech silero-vad finds (16 kHz, or 8 kHz, as it was trained)."""
-    from silero_vad import get_speech_timestamps
-
     if rate not in (8_000, 16_000):
         raise ValueError(f"silero-vad takes 8 or 16 kHz audio, not {rate} Hz")
     mask = np.zeros(frames, dtype=bool)
     if len(wave) < 512:  # shorter than one of its windows: nothing it can judge
         return mask
+    model, get_speech_timestamps = _silero()
     with torch.inference_mode():
-        spans = get_speech_timestamps(
-            torch.from_numpy(np.ascontiguousarray(wave, np.float32)), _silero(), threshold, rate
-        )
+        spans = get_speech_timestamps(torch.from_numpy(np.ascontiguousarray(wave, np.float32)), model, threshold, rate)
     for span in spans:
         mask[int(span["start"] / rate / FRAME_SECONDS) : -(-span["end"] // int(rate * FRAME_SECONDS))] = True
     return mask
