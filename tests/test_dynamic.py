@@ -57,6 +57,23 @@ def test_a_dynamic_decoder_encodes_only_the_batchs_frames(tiny_model):
     assert padded.encode(torch.randn(2, 80, 3000), [4.1, 2.0]).shape == (2, 1500, 64)
 
 
+def test_a_dynamic_decoder_gives_a_clip_the_same_text_whatever_shares_its_batch(tiny_model):
+    """Each clip's encoder input is its own duration rounded up to a second, not its batch's longest: the
+    evaluation's CER does not move with the batch, and one file through transcribe decodes as in the evaluation."""
+    model = make_dynamic(WhisperForConditionalGeneration.from_pretrained(tiny_model).eval())
+    processor = WhisperProcessor.from_pretrained(tiny_model)
+    decoder = Decoder(model, processor.tokenizer, "zh", "transcribe", max_new_tokens=6)
+    features = torch.randn(3, 80, 3000, generator=torch.Generator().manual_seed(0))
+    durations = [4.1, 1.9, 1.5]
+    together = decoder(features, durations)
+    alone = [decoder(features[row : row + 1], durations[row : row + 1])[0] for row in range(3)]
+    assert [(r.text, r.avg_logprob) for r in together] == [(r.text, r.avg_logprob) for r in alone]
+    seen: list[int] = []
+    model.get_encoder().register_forward_pre_hook(lambda _, args: seen.append(args[0].shape[-1]))
+    decoder(features, durations)
+    assert seen == [200, 500]  # 1.5 and 1.9 s share a cut of 2 s; 4.1 s is cut at 5 s
+
+
 @pytest.fixture(scope="module")
 def dynamic_run(tiny_model, cv_release, tmp_path_factory):
     """A dynamic fit (never cut below 2.5 s) whose encoder inputs are recorded, and its checkpoint."""

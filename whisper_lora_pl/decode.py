@@ -141,7 +141,24 @@ class Decoder:
 
     @torch.no_grad()
     def __call__(self, input_features: torch.Tensor, durations: Sequence[float]) -> list[Decoded]:
-        """Decode a batch; ``durations`` (seconds of audio per clip) set the token budgets."""
+        """Decode a batch; ``durations`` (seconds of audio per clip) set the token budgets. With a dynamic encoder
+        the clips of each cut length (their own duration rounded up to a second) are decoded together, so a
+        clip's encoder input, and its text, never depend on the clips that share its batch: the evaluation's CER
+        does not move with the batch size, and ``transcribe`` of one file gives the evaluation's text."""
+        cut = getattr(self.model.get_encoder(), "cut", None)
+        if cut is None:
+            return self._decode(input_features, durations)
+        lengths = [cut(input_features[row : row + 1], [d]).shape[-1] for row, d in enumerate(durations)]
+        results: list[Decoded | None] = [None] * len(lengths)
+        for length in sorted(set(lengths)):
+            rows = [row for row, own in enumerate(lengths) if own == length]
+            decoded = self._decode(input_features[rows], [durations[row] for row in rows])
+            for row, result in zip(rows, decoded, strict=True):
+                results[row] = result
+        return results
+
+    def _decode(self, input_features: torch.Tensor, durations: Sequence[float]) -> list[Decoded]:
+        """Decode clips whose encoder inputs are cut alike: once greedy, then the loop guard's fallbacks."""
         budgets = self.budgets(durations)
         attempts: list[list[Decoded]] = [[] for _ in budgets]
         pending = list(range(len(budgets)))
