@@ -1,5 +1,5 @@
 """The learning check and the take-home check: real whisper-base, int8 + LoRA, the shipped Mandarin corpus,
-held-out sentences and voices. One fine-tuning run (about 12 minutes on 2 CPU cores) serves both."""
+held-out sentences and voices. One fine-tuning run (about 3 minutes on 2 CPU cores) serves both."""
 
 import csv
 import json
@@ -29,7 +29,7 @@ from whisper_lora_pl.text import ErrorRates
 from whisper_lora_pl.transcribe import decoder_for, load_model, transcribe
 
 CORPUS = REPO / "data" / "demo-zh-CN"
-DEMO_CER, SEED_SPREAD = 0.653, 0.07  # the demo's test CER after training (30 s, seed 0), and one seed's spread
+DEMO_CER, SEED_SPREAD = 0.583, 0.07  # the demo's test CER after training (as shipped, seed 0), and one seed's spread
 TEST_TSV = CORPUS / "zh-CN" / "test.tsv"
 
 
@@ -85,10 +85,9 @@ def test_demo_halves_the_held_out_cer(demo):
     cer, wer = (before["val/cer"], after["val/cer"]), (before["val/wer"], after["val/wer"])
     print(f"test CER {cer[0]:.4f} -> {cer[1]:.4f}, WER {wer[0]:.4f} -> {wer[1]:.4f}")
     assert after["val/cer"] <= 0.5 * before["val/cer"]
-    # measured 0.653 at seed 0 with the seeded sampler of 2026-12-03 (benchmarks/context_sweep.py; the older
-    # torchdata shuffle's order gave 0.581, 0.576, 0.521 at seeds 0-2, 10 duration buckets 0.604, 0.678, 0.618: the
-    # order of 160 clips alone moves it that much); a seed moves the CER on 48 clips by up to about 0.07, so more
-    # than that above the measured figure is a regression
+    # measured 0.583 at seed 0 as shipped since 2026-12-03 (dynamic encoder, a fifth of the steps on the full
+    # window, 10 duration buckets, gradients clipped, each clip decoded at its own cut); a seed moves the CER on 48
+    # clips by up to about 0.07 (docs/demo.md), so more than that above the measured figure is a regression
     assert after["val/cer"] < DEMO_CER + SEED_SPREAD
 
 
@@ -202,6 +201,9 @@ def test_what_users_take_home_transcribes_as_the_evaluation_said(demo, tmp_path,
         print(f"{name:36s} CER {value:.4f} ({value - reference:+.4f})  {seconds:6.1f} s")
     for name, (value, reference, _) in figures.items():
         assert abs(value - reference) <= 0.03, name
-    assert figures["transcribe --model"][2] <= 1.5 * evaluation_seconds
+    # transcribe also runs silero-vad on every file and reads audio in its one process, where the evaluation's 2
+    # workers read ahead: a fixed 2-3 s, which the dynamic encoder's short evaluation made visible (6.6 s against
+    # 9.7 s on 2026-12-03). The thread count silero-vad used to take is tested on its own (test_segments.py).
+    assert figures["transcribe --model"][2] <= 1.5 * evaluation_seconds + 2.0
     for text in piped + tutorial + fast:  # the paths that run without our decode.py: no runaway output either
         assert len(text) < 40 and compression_ratio(text) < 2.4, text
