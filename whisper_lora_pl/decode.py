@@ -206,7 +206,8 @@ class Decoder:
         """The encoder's states for a batch of log-mel features: of the full window, or (a model made with
         ``encoder_length: dynamic``) of the frames given. ``generate`` then starts from them, as it does from
         features (it would pad shorter features to 30 s with zeros, which is not silence). A dynamic encoder gets
-        the batch cut after its longest clip (``durations``), so evaluation, predict and transcribe cut alike."""
+        the batch cut after its longest clip (``durations``; ``__call__`` passes clips of one cut length), so
+        evaluation, predict and transcribe cut alike."""
         encoder = self.model.get_encoder()
         weight = encoder.conv1.weight
         if cut := getattr(encoder, "cut", None):  # a dynamic encoder (model.DynamicLengthEncoder)

@@ -173,7 +173,8 @@ def model_card(info: RunInfo, part: str, evaluation: dict | None = None) -> str:
         e = evaluation
         where = f"split `{e['split']}` ({e['clips']:.0f} clips)"
         scored = [f"- evaluation at step {e['step']}, {where}: CER {e['cer']:.4f}, WER {e['wer']:.4f}"]
-    encoder = "padded to the context" if info.encoder_length == "padded" else "each batch cut after its longest clip"
+    dynamic = "each training batch cut after its longest clip, each clip decoded at its own length"
+    encoder = "padded to the context" if info.encoder_length == "padded" else dynamic
     lines = [
         card_metadata(info, part, evaluation) + f"# Whisper fine-tuned with LoRA ({part})",
         "",

@@ -65,9 +65,10 @@ class WhisperLoRA(L.LightningModule):
             clips (Common Voice's are 3-6 s) but needs fine-tuning to work; features, the duration filter,
             decoding, export and transcribe all follow it.
         encoder_length: ``padded``: every clip is padded to the full context, as Whisper was trained. ``dynamic``: a
-            batch is cut after its longest clip (rounded up to 1 s) and the encoder adds only those positions, so
-            a batch of 4 s clips costs the encoder 5 s of work, not 30; training, evaluation, predict and
-            transcribe all do it (the merged folder still decodes at 30 s in transformers and faster-whisper).
+            training batch is cut after its longest clip (rounded up to 1 s; in decoding, each clip at its own length)
+            and the encoder adds only those positions, so a batch of 4 s clips costs the encoder 5 s of work, not
+            30; training, evaluation, predict and transcribe all do it (the merged folder still decodes at 30 s in
+            transformers and faster-whisper).
         encoder_min_seconds: with ``dynamic``, a batch is never cut below this many seconds: short clips keep some
             of the trailing silence Whisper always saw in pretraining.
         encoder_full_share: with ``dynamic``, this share of training steps keeps the full window (drawn from the

@@ -96,7 +96,7 @@ def load_model(
     if info is None:  # a Whisper folder from elsewhere: the language and task its generation config names
         config = merged.generation_config
         info = RunInfo(str(model), language=getattr(config, "language", None), task=getattr(config, "task", None))
-    if info.encoder_length == "dynamic":  # decode as the evaluation did: each batch cut after its longest piece
+    if info.encoder_length == "dynamic":  # decode as the evaluation did: each piece cut at its own length
         make_dynamic(merged, info.encoder_min_seconds)
     return merged, WhisperProcessor.from_pretrained(folder), info
 
