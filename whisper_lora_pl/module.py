@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -30,7 +29,7 @@ from whisper_lora_pl.model import (
     build_whisper_lora,
     count_parameters,
 )
-from whisper_lora_pl.rng import gather_rng_states, set_rng_states
+from whisper_lora_pl.rng import gather_rng_states, run_seed, set_rng_states
 from whisper_lora_pl.tally import PassTally
 from whisper_lora_pl.text import ErrorRates
 
@@ -42,6 +41,8 @@ STEP_OK, STEP_EMPTY, STEP_NONFINITE = 0, 1, 2  # a training step's outcome, redu
 
 #: our schedule names -> transformers' (``constant`` keeps the warmup, as the Trainer's ``constant_with_warmup``)
 SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
+#: a third seed word for the full-window draws (model.encoder_full_share), apart from every other (seed, step) draw
+FULL_WINDOW_STREAM = 0x5EED
 
 
 def warmup_then(optimizer: torch.optim.Optimizer, schedule: Schedule, warmup_steps: int, total_steps: int) -> LambdaLR:
@@ -219,7 +220,7 @@ class WhisperLoRA(L.LightningModule):
         frames = torch.arange(features.shape[-1], device=features.device)
         lengths = (batch["duration"].to(features.device) * FRAMES_PER_SECOND).ceil()
         attention_mask = (frames[None] < lengths[:, None]).long()
-        seed = [int(os.environ.get("PL_GLOBAL_SEED", 0)), self.current_epoch, *batch["index"].tolist()]
+        seed = [run_seed(), self.current_epoch, *batch["index"].tolist()]
         state = np.random.get_state()
         np.random.seed(np.random.SeedSequence(seed).generate_state(1)[0])
         try:  # masked in place: on a copy, so the batch stays as loaded
@@ -242,7 +243,7 @@ class WhisperLoRA(L.LightningModule):
         share = self.hparams.get("encoder_full_share", 0.0)
         if share <= 0.0:
             return False
-        seed = [int(os.environ.get("PL_GLOBAL_SEED", 0)), self.global_step, 0x5EED]
+        seed = [run_seed(), self.global_step, FULL_WINDOW_STREAM]
         return bool(np.random.default_rng(seed).random() < share)
 
     def _skipped_step(self) -> torch.Tensor | None:

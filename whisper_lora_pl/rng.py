@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from typing import Any
 
@@ -9,6 +10,12 @@ import numpy as np
 import torch
 
 from whisper_lora_pl.dist import gather_objects
+
+
+def run_seed() -> int:
+    """The run's ``seed_everything`` (0 if none): draws made from it and the step or the clips are functions of the
+    batch alone, the same on every rank and on resume, and need no state in the checkpoint."""
+    return int(os.environ.get("PL_GLOBAL_SEED", 0))
 
 
 def collect_rng_states() -> dict[str, Any]:
