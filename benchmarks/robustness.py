@@ -1,6 +1,7 @@
 """Augmentation vs CER on unseen voices, noise and speed: the demo recipe with each augmentation, at several seeds.
 
-    python benchmarks/robustness.py --settings none speed noise gain spec all --seeds 0 1 2
+    python benchmarks/robustness.py --settings none speed noise gain spec all --seeds 0 1 2 --out runs.jsonl
+    python benchmarks/robustness.py --table runs.jsonl more.jsonl     # the table again, from runs saved with --out
 
 Builds robustness sets from the demo's held-out test clips (voices training never hears): the clean clips; the same
 mixed with babble of four other test clips (noise no training run uses) at 10 dB and 0 dB SNR; and played at speed
@@ -150,9 +151,14 @@ def main() -> None:
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help="also write every run as JSON lines here")
     parser.add_argument("--cost", action="store_true", help="only the workers' cost per clip of each audio setting")
+    parser.add_argument("--table", type=Path, nargs="+", help="only print the table of runs saved with --out")
     args, extra = parser.parse_known_args()
     if args.cost:
         worker_cost()
+        return
+    if args.table:
+        saved = [json.loads(line) for path in args.table for line in path.read_text().splitlines() if line.strip()]
+        print_table(saved, list(dict.fromkeys(run["setting"] for run in saved)))
         return
     if args.child:
         setting, seed, roots = args.child
@@ -170,10 +176,15 @@ def main() -> None:
                 if args.out:
                     with args.out.open("a") as handle:
                         handle.write(json.dumps(runs[-1]) + "\n")
+    print_table(runs, args.settings)
+
+
+def print_table(runs: list[dict], settings: list[str]) -> None:
+    """Test CER per set (each seed, then the median) and training clips/s (median) of each setting."""
     print("\n| setting | " + " | ".join(f"{name}: CER per seed (median)" for name in SETS) + " | training clips/s |")
     print("|---" * (len(SETS) + 2) + "|")
-    for setting in args.settings:
-        mine = [r for r in runs if r["setting"] == setting]
+    for setting in settings:
+        mine = sorted((r for r in runs if r["setting"] == setting), key=lambda r: r["seed"])
         cells = []
         for name in SETS:
             cers = [r[name] for r in mine]
