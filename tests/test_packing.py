@@ -42,6 +42,25 @@ def test_windows_hold_consecutive_shuffled_clips_that_fit_the_context_and_the_de
     assert max(len(w.clips) for w in wordy.windows(0)) == 2 and 3 + 2 * 202 + 1 <= 448
 
 
+def test_the_mixed_fill_packs_each_batch_up_to_a_length_of_its_own():
+    """A dynamic encoder is cut after a batch's longest window: with every window full it would only ever train on
+    30 s inputs, and the evaluation's single clips are cut a second after their speech."""
+
+    def seconds(window: Window) -> float:
+        return sum(DURATIONS[c] for c in window.clips) + 1.5 * (len(window.clips) - 1)
+
+    full = PackedWindows(DURATIONS, TOKENS, 4, 30.0, 1.5, 448, seed=2)
+    mixed = PackedWindows(DURATIONS, TOKENS, 4, 30.0, 1.5, 448, seed=2, fill="mixed")
+    assert min(max(seconds(w) for w in batch) for batch in windows(full)) > 24  # every batch cut near 30 s
+    longest = [max(seconds(w) for w in batch) for batch in windows(mixed)]
+    assert min(longest) < 7 and max(longest) > 24  # single clips as well as full windows
+    assert sorted(c for w in mixed.windows(0) for c in w.clips) == list(range(101))  # epoch 0: every clip once
+    assert windows(mixed, 1) != windows(mixed, 0) and windows(mixed, 1) == windows(mixed, 1)
+    assert len(windows(mixed, 1)) == len(windows(mixed, 0)) == len(mixed)
+    with pytest.raises(ValueError, match="fill"):
+        PackedWindows(DURATIONS, TOKENS, 4, 30.0, 1.5, 448, fill="half")
+
+
 def test_windows_are_a_function_of_seed_and_epoch_and_every_epoch_has_as_many():
     make = lambda seed: PackedWindows(DURATIONS, TOKENS, 4, 30.0, 1.5, 448, seed=seed)  # noqa: E731
     assert windows(make(3), 0) == windows(make(3), 0)
@@ -122,15 +141,16 @@ def test_a_fit_on_packed_windows_with_timestamps_trains_on_every_clip(tiny_model
 
 
 def test_resume_mid_epoch_continues_exactly_on_packed_windows(tiny_model, cv_release, tmp_path):
-    """8 clips of 1-1.5 s with pauses of 14-15 s: windows of 2 clips, batches of 2 windows, 2 steps an epoch."""
+    """8 clips of 1-1.5 s with pauses of 14-15 s, batches of 2 windows of 1 or 2 clips (the default fill draws each
+    batch's length): 3 steps an epoch, stopped after the first step of epoch 1."""
     packing = ["--data.pack_windows=true", "--data.pack_pauses=[14.0, 15.0]", "--data.timestamp_share=0.5"]
-    straight = fit(tiny_model, cv_release, tmp_path / "straight" / "run", "--trainer.max_steps=4", *packing)
-    fit(tiny_model, cv_release, tmp_path / "split" / "first", "--trainer.max_steps=3", *packing)  # inside epoch 1
-    resumed = fit(tiny_model, cv_release, tmp_path / "split" / "second", "--trainer.max_steps=4", "--ckpt_path=last",
+    straight = fit(tiny_model, cv_release, tmp_path / "straight" / "run", "--trainer.max_steps=5", *packing)
+    fit(tiny_model, cv_release, tmp_path / "split" / "first", "--trainer.max_steps=4", *packing)  # inside epoch 1
+    resumed = fit(tiny_model, cv_release, tmp_path / "split" / "second", "--trainer.max_steps=5", "--ckpt_path=last",
                   *packing)  # fmt: skip
-    assert straight.trainer.num_training_batches == 2
+    assert straight.trainer.num_training_batches == 3
     whole, first, second = (losses(tmp_path / p) for p in ("straight/run", "split/first", "split/second"))
-    assert sorted(first) == [0, 1, 2] and sorted(second) == [3]
+    assert sorted(first) == [0, 1, 2, 3] and sorted(second) == [4]
     assert {**first, **second} == pytest.approx(whole, abs=1e-6)
     theirs, ours = adapters(straight.model), adapters(resumed.model)
     assert all(torch.allclose(theirs[k], ours[k], atol=1e-7) for k in theirs)

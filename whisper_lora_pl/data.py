@@ -67,6 +67,10 @@ class WhisperDataModule(L.LightningDataModule):
             and each window costs the encoder what one clip did (:mod:`whisper_lora_pl.packing`). Evaluation stays
             per clip.
         pack_pauses: the shortest and longest pause between two clips of a window, seconds (drawn uniformly).
+        pack_fill: ``mixed``: each batch's windows are packed up to a length drawn for the batch between one clip
+            and the context, so that a dynamic encoder (``model.encoder_length: dynamic``) also trains on the short
+            inputs it evaluates; ``full``: every window up to the context (the most clips a step; for a padded
+            encoder only: with a dynamic one the model repeats each test clip's sentence).
         timestamp_share: share of training windows (or single clips, without ``pack_windows``) whose labels hold
             each clip's text between its start and end timestamp tokens instead of ``<|notimestamps|>``: what the
             model needs to time subtitles itself (``transcribe --timestamps model``).
@@ -99,6 +103,7 @@ class WhisperDataModule(L.LightningDataModule):
         shuffle_seed: int = 0,
         pack_windows: bool = False,
         pack_pauses: tuple[float, float] = (0.1, 1.5),
+        pack_fill: Literal["mixed", "full"] = "mixed",
         timestamp_share: float = 0.0,
         augment: Augment = Augment(),
     ) -> None:
@@ -131,6 +136,7 @@ class WhisperDataModule(L.LightningDataModule):
         self.probe_threads = probe_threads
         self.shuffle_seed = shuffle_seed
         self.pack_windows, self.pack_pauses, self.timestamp_share = pack_windows, pack_pauses, timestamp_share
+        self.pack_fill = pack_fill
         self.augment = augment
         self.augmenter: Augmenter | None = None  # built in setup, for the training split
         self.processor: WhisperProcessor | None = None
@@ -307,6 +313,7 @@ class WhisperDataModule(L.LightningDataModule):
             rank,
             self.shuffle_seed,
             (lambda: trainer.current_epoch) if trainer is not None else (lambda: 0),
+            self.pack_fill,
         )
         no_timestamps, end = tokenizer.convert_tokens_to_ids(["<|notimestamps|>", "<|endoftext|>"])
         packed = PackedSpeech(clips, self.pack_pauses, self.timestamp_share, no_timestamps, end, prompt)
