@@ -47,9 +47,9 @@ class PackedWindows(DurationBuckets):
     ``fill="mixed"`` it is drawn for each batch, uniformly between 0 (a clip a window) and ``context``: a dynamic
     encoder, cut after a batch's longest window, then meets inputs as short as the evaluation's single clips, cut
     just after their speech, as well as full windows (trained on full windows only, it repeats a clip's sentence
-    until the cut input ends: test CER 2.15 on the demo). An epoch always has as many batches as epoch 0 (Lightning
-    reads the epoch's length once), so another epoch's order may drop its last batches or take its first ones
-    again. A step takes ``num_replicas`` consecutive batches, rank r the r-th."""
+    until the cut input ends: test CER 1.61 on the demo after 20 steps, against 0.55 mixed). An epoch always has as
+    many batches as epoch 0 (Lightning reads the epoch's length once), so another epoch's order may drop its last
+    batches or take its first ones again. A step takes ``num_replicas`` consecutive batches, rank r the r-th."""
 
     def __init__(
         self,
