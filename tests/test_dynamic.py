@@ -55,6 +55,9 @@ def test_a_dynamic_decoder_encodes_only_the_batchs_frames(tiny_model):
         WhisperForConditionalGeneration.from_pretrained(tiny_model).eval(), processor.tokenizer, "zh", "transcribe"
     )
     assert padded.encode(torch.randn(2, 80, 3000), [4.1, 2.0]).shape == (2, 1500, 64)
+    # long audio's windows (transcribe --timestamps model) are whole, as transformers and faster-whisper decode them
+    whole = Decoder(model, processor.tokenizer, "zh", "transcribe", max_new_tokens=4, whole_windows=True)
+    assert whole.encode(torch.randn(2, 80, 3000), [4.1, 2.0]).shape == (2, 1500, 64)
 
 
 def test_a_dynamic_decoder_gives_a_clip_the_same_text_whatever_shares_its_batch(tiny_model):
@@ -168,3 +171,21 @@ def test_every_take_home_path_of_a_dynamic_run_decodes_like_its_evaluation(
         for row in range(len(clips)):  # clip by clip, as the evaluation's batches may group them otherwise
             texts += [r.text for r in decoder_for(model, proc, info)(features[row : row + 1], durations[row : row + 1])]
         assert texts == [evaluated[c.name] for c in clips]
+
+
+def test_long_audio_timed_by_a_dynamic_model_is_decoded_in_whole_windows(tiny_model, tmp_path):
+    """``transcribe --timestamps model`` feeds every window whole, the last one of a file too (filled after the
+    file's end as transformers and faster-whisper fill it), so that their long-form calls give its cues."""
+    import soundfile as sf
+
+    from whisper_lora_pl.transcribe import transcribe
+
+    model = make_dynamic(WhisperForConditionalGeneration.from_pretrained(tiny_model).eval())
+    processor = WhisperProcessor.from_pretrained(tiny_model)
+    decoder = Decoder(model, processor.tokenizer, "zh", "transcribe", max_new_tokens=4, timestamps=True)
+    path = tmp_path / "long.wav"  # 35 s: a whole window, then 5 s
+    sf.write(path, 0.1 * np.random.default_rng(0).standard_normal(35 * 16_000).astype(np.float32), 16_000)
+    frames = []
+    model.get_encoder().register_forward_pre_hook(lambda module, args: frames.append(args[0].shape[-1]))
+    transcribe([path], decoder, processor.feature_extractor, speech="none")
+    assert len(frames) >= 2 and set(frames) == {3000}

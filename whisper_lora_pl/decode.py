@@ -118,6 +118,9 @@ class Decoder:
     max_new_tokens: int = 448
     settings: DecodingSettings = DecodingSettings()
     timestamps: bool = False  #: let the model time its segments (a run trained with ``data.timestamp_share``)
+    #: give a dynamic encoder the whole window, never a cut one: long audio's windows, which transformers' and
+    #: faster-whisper's long-form decoding pad to the full window (``transcribe --timestamps model`` sets it)
+    whole_windows: bool = False
 
     def __post_init__(self) -> None:
         # each batch's length comes from its budgets; a length in the model's generation config (an exported
@@ -145,7 +148,7 @@ class Decoder:
         the clips of each cut length (their own duration rounded up to a second) are decoded together, so a
         clip's encoder input, and its text, never depend on the clips that share its batch: the evaluation's CER
         does not move with the batch size, and ``transcribe`` of one file gives the evaluation's text."""
-        cut = getattr(self.model.get_encoder(), "cut", None)
+        cut = self._cut()
         if cut is None:
             return self._decode(input_features, durations)
         lengths = [cut(input_features[row : row + 1], [d]).shape[-1] for row, d in enumerate(durations)]
@@ -210,9 +213,13 @@ class Decoder:
         evaluation, predict and transcribe cut alike."""
         encoder = self.model.get_encoder()
         weight = encoder.conv1.weight
-        if cut := getattr(encoder, "cut", None):  # a dynamic encoder (model.DynamicLengthEncoder)
+        if cut := self._cut():  # a dynamic encoder (model.DynamicLengthEncoder)
             input_features = cut(input_features, durations)
         return encoder(input_features.to(device=weight.device, dtype=weight.dtype)).last_hidden_state
+
+    def _cut(self):
+        """The dynamic encoder's cut (``model.DynamicLengthEncoder.cut``), None for a full-window one."""
+        return None if self.whole_windows else getattr(self.model.get_encoder(), "cut", None)
 
     def _generate(self, encoded: torch.Tensor, budgets: list[int], temperature: float) -> list[Decoded]:
         """One ``generate`` over the batch up to its largest budget; each row is then cut at its own budget

@@ -1,14 +1,18 @@
 """Long audio timed by the model itself (``transcribe --timestamps model``): window after window, as OpenAI's
 ``transcribe`` does, for a run that trained on timestamp labels (``data.timestamp_share``).
 
-Each file is read in windows of the encoder's context. As in OpenAI's ``transcribe`` and faster-whisper, the log-mel is
-computed once over the whole file followed by a window of silence (Whisper's level normalisation sees the whole
-file), and a window is the frames from its start: so a window's features do not depend on where the last one ended,
-and the cues are those faster-whisper writes. A window is decoded with timestamps (the evaluation's
-decoder: same prompt, budget and loop guard, timestamps on); its closed segments become cues. When the window's
-output ends inside a segment (the window cut a sentence), the next window starts at the end of the last closed
-segment, so that sentence is decoded whole; otherwise the next window starts where this one ended. The files under
-way are decoded together, a window of each per batch. A window without speech (``speech`` detector) is skipped.
+The windows are those transformers' long-form ``generate`` and faster-whisper decode, so that the model cards' calls
+give ``transcribe``'s cues (tests/test_timed.py): the log-mel is computed once over the whole file (Whisper's level
+normalisation sees the whole file), a window is the 30 s of frames from its start, and a window that runs past the
+end of the file is filled with log-mel frames of 0, as both runtimes fill it, at the full window even for a dynamic
+encoder (``Decoder.whole_windows``). (OpenAI's ``transcribe`` and every training window pad with silence instead,
+the log-mel of zeros: on the weakly trained demo model that alone changed the text of most files' last window
+between ``transcribe`` and the runtimes.) A window is decoded with timestamps (the evaluation's decoder: same
+prompt, budget and loop guard, timestamps on); its closed segments become cues, and the next window starts where
+OpenAI's rule says: at the end of the last closed segment when the output ends inside a segment (the window cut a
+sentence, which is then decoded whole) or ends on a segment's end and the next one's start, else where this window
+ended. The files under way are decoded together, a window of each per batch. A window without speech (``speech``
+detector) is skipped.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ class _Cursor:
     chunks: list[dict] = field(default_factory=list)
     error: str | None = None
     features: np.ndarray | None = None  #: of the window under way
-    mel: np.ndarray | None = None  #: of the whole file and a window of silence
+    mel: np.ndarray | None = None  #: of the whole file and what follows it (whole_log_mel)
 
 
 def sequential(
@@ -74,7 +78,7 @@ def sequential(
                 if isinstance(outcome, Exception):
                     cursor.error, cursor.seek = f"{type(outcome).__name__}: {outcome}", len(cursor.wave)
                 else:
-                    _advance(cursor, piece, outcome, len(piece) == window, first_timestamp)
+                    _advance(cursor, piece, outcome, first_timestamp)
             progress(len(batch))
         for cursor in active:
             if cursor.seek >= len(cursor.wave):
@@ -98,29 +102,38 @@ def _checked(cursor: _Cursor, piece: np.ndarray, feature_extractor) -> bool:
 
 
 def whole_log_mel(feature_extractor, wave: np.ndarray) -> np.ndarray:
-    """Whisper's log-mel of ``wave`` followed by a window of silence (OpenAI's ``log_mel_spectrogram(audio,
-    padding=N_SAMPLES)``): every window cut from it holds a full window of frames."""
-    padded = np.concatenate([wave.astype(np.float32, copy=False), np.zeros(feature_extractor.n_samples, np.float32)])
+    """Whisper's log-mel of ``wave`` as transformers' pipeline computes it (Whisper's level normalisation sees
+    the whole file), then what its long-form ``generate`` and faster-whisper put after a file's end: a window of
+    frames of 0, so every window cut from it is whole. A file of one window (up to 30 s) is followed by silence
+    instead, the log-mel of zeros, as the pipeline pads a short file (and OpenAI and every training window pad)."""
+    wave = wave.astype(np.float32, copy=False)
+    short = len(wave) <= feature_extractor.n_samples
+    if short:
+        wave = np.concatenate([wave, np.zeros(2 * feature_extractor.n_samples - len(wave), np.float32)])
     mel = feature_extractor(
-        padded, sampling_rate=SAMPLING_RATE, truncation=False, padding="longest", return_tensors="np"
+        wave, sampling_rate=SAMPLING_RATE, truncation=False, padding="longest", return_tensors="np"
     ).input_features[0]
     if not np.isfinite(mel).all():
         raise AudioError("its log-mel features are not finite (samples far outside [-1, 1])", "non-finite features")
-    return mel
+    if short:
+        return mel
+    frames = len(wave) // feature_extractor.hop_length
+    return np.pad(mel[:, :frames], ((0, 0), (0, feature_extractor.nb_max_frames)))
 
 
-def _advance(cursor: _Cursor, piece: np.ndarray, outcome: Decoded, full: bool, first_timestamp: int) -> None:
-    """File the window's cues and move the cursor past what the window settled: in a full window whose output
-    stops inside a segment, or after a lone start timestamp, the rest is decoded again from there (OpenAI's rule)."""
+def _advance(cursor: _Cursor, piece: np.ndarray, outcome: Decoded, first_timestamp: int) -> None:
+    """File the window's cues and move the cursor past what the window settled (OpenAI's rule, which transformers
+    and faster-whisper follow): when the output stops inside a segment, or on a segment's end and the next one's
+    start, the rest is decoded again from the end of the last closed segment."""
     offset, length = cursor.seek / SAMPLING_RATE, len(piece) / SAMPLING_RATE
     segments = outcome.segments or ([(0.0, length, outcome.text.strip())] if outcome.text.strip() else [])
     closed = [s for s in segments if s[1] is not None]
     stamps = [(token - first_timestamp) * TIME_STEP for token in outcome.tokens[-2:] if token >= first_timestamp]
     resume = length
-    if full and closed and segments[-1][1] is None:  # the window cut a sentence: decode it whole next time
+    if closed and segments[-1][1] is None:  # the window cut a sentence: decode it whole next time
         segments, resume = closed, closed[-1][1]
-    elif full and len(stamps) == 2:  # a segment's end, then a start it did not write: from that start
-        resume = stamps[-1]
+    elif len(stamps) == 2:  # a segment's end, then a start it did not write: from that end
+        resume = stamps[0]
     for start, end, text in segments:
         end = length if end is None else min(end, length)
         cursor.chunks.append(

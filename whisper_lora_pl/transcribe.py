@@ -155,8 +155,9 @@ def transcribe(
     files_out = _Files(decoder, result, sink or (lambda record: None))
     if decoder.timestamps:  # the model times its own segments, window after window
         # a window holds many sentences: bounded by its duration's budget alone, not by the run's max_new_tokens,
-        # which was sized for evaluation clips (the demo's 40 cut a packed model's windows to a third)
-        decoder = replace(decoder, max_new_tokens=int(decoder.model.config.max_target_positions))
+        # which was sized for evaluation clips (the demo's 40 cut a packed model's windows to a third); at the whole
+        # window, as transformers and faster-whisper decode long audio (timed.py)
+        decoder = replace(decoder, max_new_tokens=int(decoder.model.config.max_target_positions), whole_windows=True)
         for start in range(0, len(files), batch_size * group):
             _timed(files[start : start + batch_size * group], decoder, feature_extractor, batch_size, speech, files_out)
         result.records.sort(key=lambda record: files_out.order[record["path"]])
