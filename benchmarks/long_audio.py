@@ -23,6 +23,7 @@ import argparse
 import csv
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -122,19 +123,25 @@ def cue_differences(ours: list[dict], theirs: list[tuple[float, float, str]]) ->
     return same, gaps
 
 
-def takehome(checkpoint: str, built: dict, decoder, extractor, folder: Path) -> None:
-    """The exported folders' long-form cues against transcribe's (``--timestamps model``), per condition."""
+def takehome(checkpoint: str, built: dict, decoder, extractor, folder: Path, greedy: bool = False) -> None:
+    """The exported folders' long-form cues against transcribe's (``--timestamps model``), per condition: the
+    merged folder's model-card code (``generate(return_segments=True)``, which loads the folder for each file) and
+    its pipeline, the CTranslate2 folder's faster-whisper call. ``greedy``: no fallback to sampling anywhere (each
+    runtime draws its own random numbers, which parts their texts wherever a window falls back)."""
     import faster_whisper
     from transformers import pipeline
 
     from whisper_lora_pl.deploy import faster_whisper_kwargs
-    from whisper_lora_pl.export import RunInfo, export, long_form_kwargs
+    from whisper_lora_pl.export import RunInfo, export, long_form_code, long_form_kwargs
 
     written = export(Path(checkpoint), folder / "export", ("merged",), ctranslate2="float32")
     info = RunInfo.read(written["merged"])
+    if greedy:
+        info = replace(info, decoding=replace(info.decoding, temperatures=(0.0,)))
+        decoder = replace(decoder, settings=replace(decoder.settings, temperatures=(0.0,)))
     asr = pipeline("automatic-speech-recognition", model=str(written["merged"]), device="cpu")
     runtime = faster_whisper.WhisperModel(str(written["ctranslate2"]), device="cpu", compute_type="float32")
-    decoder.timestamps = True
+    decoder = replace(decoder, timestamps=True)
     print("\n| audio | path | long-form CER | cues | cue texts = transcribe's | start/end vs transcribe's, "
           "median / max (s) | decode s |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")
@@ -152,6 +159,13 @@ def takehome(checkpoint: str, built: dict, decoder, extractor, folder: Path) -> 
             for p, _ in files
         ]  # fmt: skip
         took["pipeline(return_timestamps=True)"] = time.perf_counter() - began
+        began, card = time.perf_counter(), []
+        for p, _ in files:
+            scope = {"THIS_FOLDER": str(written["merged"]), "audio": load_audio(p)}
+            exec(long_form_code(info), scope)  # the merged folder's model card, as a user runs it
+            card.append(scope["cues"])
+        cues["model card: generate(return_segments=True)"] = card
+        took["model card: generate(return_segments=True)"] = time.perf_counter() - began
         began = time.perf_counter()
         cues["faster-whisper without_timestamps=False"] = [
             [(s.start, s.end, s.text.strip()) for s in
@@ -170,7 +184,6 @@ def takehome(checkpoint: str, built: dict, decoder, extractor, folder: Path) -> 
                 f"| {kind} | {path_name} | {rates.metrics.compute()['cer'].item():.3f} | {total} | {same} | "
                 f"{np.median(gaps):.2f} / {max(gaps):.2f} | {took[path_name]:.1f} |"
             )
-    decoder.timestamps = False
 
 
 def main() -> None:
@@ -187,6 +200,7 @@ def main() -> None:
     parser.add_argument(
         "--takehome", action="store_true", help="also the merged and CTranslate2 exports' cues (needs --checkpoint)"
     )
+    parser.add_argument("--greedy", action="store_true", help="--takehome without the loop guard's sampling")
     args = parser.parse_args()
     torch.manual_seed(0)
     model, processor, info = load_model(args.model, args.adapter, args.checkpoint)
@@ -225,7 +239,7 @@ def main() -> None:
                 )
         decoder.timestamps = False
         if args.takehome:
-            takehome(args.checkpoint, built, decoder, extractor, folder)
+            takehome(args.checkpoint, built, decoder, extractor, folder, args.greedy)
         if args.no_nonspeech:
             return
         print("\n| audio | characters: whole file decoded | energy | vad |")

