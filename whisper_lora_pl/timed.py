@@ -4,10 +4,11 @@
 The windows are those transformers' long-form ``generate`` and faster-whisper decode, so that the model cards' calls
 give ``transcribe``'s cues (tests/test_timed.py): the log-mel is computed once over the whole file (Whisper's level
 normalisation sees the whole file), a window is the 30 s of frames from its start, and a window that runs past the
-end of the file is filled with log-mel frames of 0, as both runtimes fill it, at the full window even for a dynamic
-encoder (``Decoder.whole_windows``). (OpenAI's ``transcribe`` and every training window pad with silence instead,
-the log-mel of zeros: on the weakly trained demo model that alone changed the text of most files' last window
-between ``transcribe`` and the runtimes.) A window is decoded with timestamps (the evaluation's decoder: same
+end of a long file is filled with log-mel frames of 0, as both runtimes fill it, at the full window even for a
+dynamic encoder (``Decoder.whole_windows``); a file of one window is padded with silence, the log-mel of zeros, as
+transformers' pipeline pads it. (OpenAI's ``transcribe`` and every training window pad with silence: on the weakly
+trained demo model the 0 frames changed the text of most files' last window, and cost 0.05 of long-form CER;
+docs/export-and-transcribe.md.) A window is decoded with timestamps (the evaluation's decoder: same
 prompt, budget and loop guard, timestamps on); its closed segments become cues, and the next window starts where
 OpenAI's rule says: at the end of the last closed segment when the output ends inside a segment (the window cut a
 sentence, which is then decoded whole) or ends on a segment's end and the next one's start, else where this window
