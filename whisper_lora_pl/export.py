@@ -128,6 +128,7 @@ def long_form_code(info: RunInfo) -> str:
         [
             "from transformers import WhisperForConditionalGeneration, WhisperProcessor",
             "",
+            "# audio: the file's samples at 16 kHz, mono float (e.g. soundfile.read, then resampled)",
             "model = WhisperForConditionalGeneration.from_pretrained(THIS_FOLDER)",
             "processor = WhisperProcessor.from_pretrained(THIS_FOLDER)",
             "whole = {'truncation': False, 'padding': 'longest'} if len(audio) > 30 * 16_000 else {}  # over 30 s",
@@ -231,7 +232,8 @@ def model_card(info: RunInfo, part: str, evaluation: dict | None = None) -> str:
             lines += [
                 "",
                 "The run also trained on timestamp labels, so the model times its own segments. For long audio and "
-                "subtitles, as `transcribe --timestamps model` decodes it (the same cues):",
+                "subtitles, as `transcribe --timestamps model` decodes it (the same cues, but where a window falls "
+                "back to sampling):",
                 "",
                 "```python",
                 long_form_code(info),
