@@ -11,13 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 from transformers import WhisperFeatureExtractor
 
 from tests.conftest import tiny_args, tone, write_tsv
 from tests.test_resume import nan_run
 from whisper_lora_pl.audio import AudioError, audio_duration, load_audio
 from whisper_lora_pl.cli import main
-from whisper_lora_pl.decode import Decoder
+from whisper_lora_pl.decode import Decoded, Decoder, DecodingOutOfMemory
 from whisper_lora_pl.features import log_mel
 from whisper_lora_pl.sources import CommonVoiceFolder, Manifest
 from whisper_lora_pl.transcribe import Writer, decoder_for, load_model, transcribe
@@ -284,3 +285,45 @@ def test_predict_keeps_a_record_for_every_clip(tiny_model, battery, tmp_path):
     kept_short = {"few-ms.wav"}  # predict transcribes clips under data.min_duration too
     assert {r["id"] for r in records if "hypothesis" in r} == {n for n, r in files.items() if r == "good"} | kept_short
     assert not list(path.parent.glob("*.partial.jsonl"))  # the partial records are in predict.jsonl now
+
+
+class Greedy(Decoder):
+    """Runs out of memory on any batch of more than ``fits`` clips, as a GPU would."""
+
+    fits = 1
+
+    def __call__(self, features, durations):
+        if len(features) > self.fits:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return super().__call__(features, durations)
+
+
+def test_running_out_of_memory_in_decoding_is_an_error_that_names_the_setting(tiny_decoder, folder):
+    """Never a silent clip-by-clip retry, never a skipped clip: the batch, its size and what to lower."""
+    decoder, extractor = tiny_decoder
+    greedy = Greedy(**{f.name: getattr(decoder, f.name) for f in fields(decoder)})
+    features = torch.zeros(3, 80, 3000)
+    with pytest.raises(DecodingOutOfMemory, match=r"batch 7 of 3 clips of up to 2\.0 s: lower --batch-size \(now 3"):
+        greedy.isolating(features, [1.0, 2.0, 1.5], "--batch-size", "batch 7")
+    with pytest.raises(DecodingOutOfMemory, match="lower --batch-size"):
+        transcribe(folder, greedy, extractor, batch_size=8, speech="energy")
+    Greedy.fits = 0
+    with pytest.raises(DecodingOutOfMemory, match="even one clip does not fit"):
+        greedy.isolating(features[:1], [1.0], "--batch-size")
+    Greedy.fits = 1
+    assert [type(r) for r in greedy.isolating(features[:1], [1.0])] == [Decoded]  # what fits decodes as ever
+
+
+def test_validation_out_of_memory_stops_the_run_naming_data_eval_batch_size(
+    tiny_model, cv_release, tmp_path, monkeypatch
+):
+    def out_of_memory(self, features, durations):
+        if len(features) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return original(self, features, durations)
+
+    original = Decoder.__call__
+    monkeypatch.setattr(Decoder, "__call__", out_of_memory)
+    with pytest.raises(DecodingOutOfMemory, match=r"batch 0 \(common_voice.*lower data\.eval_batch_size \(now 2; 1"):
+        main(["validate", *tiny_args(tiny_model, cv_release, tmp_path, "--data.eval_batch_size=2")])
+    assert not list(tmp_path.glob("**/predictions/*.jsonl"))  # no CER over the clips that happened to fit

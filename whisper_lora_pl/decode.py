@@ -177,12 +177,17 @@ class Decoder:
                 break
         return [self._choose(tries) for tries in attempts]
 
-    def isolating(self, input_features: torch.Tensor, durations: Sequence[float]) -> list[Decoded | Exception]:
+    def isolating(
+        self, input_features: torch.Tensor, durations: Sequence[float], lower: str = "the batch size", what: str = ""
+    ) -> list[Decoded | Exception]:
         """Decode a batch; if that raises, decode its clips one by one, so a failure costs only the clip behind it
-        (its place holds the exception). Evaluation, predict and transcribe call this."""
+        (its place holds the exception). Evaluation, predict and transcribe call this. Running out of memory is no
+        clip's fault: it raises :class:`DecodingOutOfMemory`, naming the batch (``what``) and the setting to
+        ``lower``, instead of skipping clips or retrying them one by one without a word."""
         try:
             return self(input_features, durations)
         except Exception as err:
+            self._raise_if_out_of_memory(err, input_features, durations, lower, what)
             if len(input_features) == 1:
                 return [err]
         results: list[Decoded | Exception] = []
@@ -190,8 +195,24 @@ class Decoder:
             try:
                 results.extend(self(input_features[row : row + 1], durations[row : row + 1]))
             except Exception as err:
+                self._raise_if_out_of_memory(err, input_features, durations, lower, what)
                 results.append(err)
         return results
+
+    def _raise_if_out_of_memory(
+        self, err: Exception, input_features: torch.Tensor, durations: Sequence[float], lower: str, what: str
+    ) -> None:
+        if not out_of_memory(err):
+            return
+        clips = len(input_features)
+        where = self.model.get_encoder().conv1.weight.device
+        advice = f"lower {lower} (now {clips}; {max(1, clips // 2)} halves the decoding's activations)"
+        if clips == 1:
+            advice = f"even one clip does not fit: free memory on {where} or decode on another device"
+        raise DecodingOutOfMemory(
+            f"out of memory on {where} decoding {what or 'a batch'} of {clips} clips of up to "
+            f"{max(durations, default=0.0):.1f} s: {advice}"
+        ) from err
 
     def _fails(self, result: Decoded) -> bool:
         threshold = self.settings.logprob_threshold
@@ -276,6 +297,18 @@ class Decoder:
         if text:
             found.append((start, None, self.tokenizer.decode(text, skip_special_tokens=True).strip()))
         return [s for s in found if s[2]]
+
+
+class DecodingOutOfMemory(RuntimeError):
+    """Decoding ran out of memory: an error naming the setting to lower, never a skipped clip."""
+
+
+def out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is the device (or the CPU allocator) running out of memory rather than a fault of the input."""
+    if isinstance(err, torch.OutOfMemoryError | MemoryError):
+        return True
+    message = str(err)
+    return isinstance(err, RuntimeError) and ("out of memory" in message or "can't allocate memory" in message)
 
 
 def _cuda_devices(tensor: torch.Tensor) -> list[int]:

@@ -293,10 +293,14 @@ class WhisperLoRA(L.LightningModule):
     def transcribe(self, input_features: torch.Tensor, durations: list[float] | None = None) -> list[str]:
         return [result.text for result in self.decode(input_features, durations)]
 
-    def _decode_batch(self, batch: dict) -> tuple[list[int], list[Decoded], dict[str, str]]:
+    def _decode_batch(self, batch: dict, batch_idx: int) -> tuple[list[int], list[Decoded], dict[str, str]]:
         """The rows that decoded and their results, and the clips whose decoding failed (id -> error), each warned
-        about: a failure costs only the clip behind it."""
-        results = self.decoder.isolating(batch["input_features"], batch["duration"].tolist())
+        about: a failure costs only the clip behind it (running out of memory is an error, see ``Decoder``)."""
+        ids = list(batch["id"])
+        what = f"batch {batch_idx} ({', '.join(map(str, ids[:3]))}{', ...' if len(ids) > 3 else ''})"
+        results = self.decoder.isolating(
+            batch["input_features"], batch["duration"].tolist(), "data.eval_batch_size", what
+        )
         failed = {clip: str(r) for clip, r in zip(batch["id"], results, strict=True) if isinstance(r, Exception)}
         for clip, error in failed.items():
             log.warning("skipping clip %s: decoding failed: %s", clip, error)
@@ -309,7 +313,7 @@ class WhisperLoRA(L.LightningModule):
         self.tally.skip(batch.get("skipped", {}), stage)
         counts = self.tally.of(stage)
         if has_clips(batch):
-            rows, results, failed = self._decode_batch(batch)
+            rows, results, failed = self._decode_batch(batch, batch_idx)
             self.tally.skip(dict.fromkeys(failed, "decoding failed"), stage)
             if rows:
                 self._score(batch, rows, results, stage, batch_idx)
@@ -418,7 +422,7 @@ class WhisperLoRA(L.LightningModule):
         new = [{"id": clip, "error": reason} for clip, reason in batch.get("skipped", {}).items()]
         texts = []
         if has_clips(batch):
-            rows, results, failed = self._decode_batch(batch)
+            rows, results, failed = self._decode_batch(batch, batch_idx)
             new += [{"id": clip, "error": f"decoding failed: {error}"} for clip, error in failed.items()]
             for row, result in zip(rows, results, strict=True):
                 new.append({"id": batch["id"][row], "hypothesis": result.text} | result.report())

@@ -75,7 +75,9 @@ def sequential(
                 continue
             features = torch.from_numpy(np.stack([cursor.features for cursor, _ in batch]))
             seconds = [len(piece) / SAMPLING_RATE for _, piece in batch]
-            for (cursor, piece), outcome in zip(batch, decoder.isolating(features, seconds), strict=True):
+            for (cursor, piece), outcome in zip(
+                batch, decoder.isolating(features, seconds, "--batch-size"), strict=True
+            ):
                 if isinstance(outcome, Exception):
                     cursor.error, cursor.seek = f"{type(outcome).__name__}: {outcome}", len(cursor.wave)
                 else:

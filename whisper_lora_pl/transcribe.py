@@ -266,7 +266,9 @@ def _decode(pieces: list[_Piece], decoder: Decoder, batch_size: int, files: _Fil
     for start in range(0, len(pieces), batch_size):
         batch = pieces[start : start + batch_size]
         features = torch.from_numpy(np.stack([p.features for p in batch]))
-        for piece, outcome in zip(batch, decoder.isolating(features, [p.seconds for p in batch]), strict=True):
+        for piece, outcome in zip(
+            batch, decoder.isolating(features, [p.seconds for p in batch], "--batch-size"), strict=True
+        ):
             if isinstance(outcome, Exception):
                 files.piece_done(piece.file, None, f"{type(outcome).__name__}: {outcome}")
                 continue
