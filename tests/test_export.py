@@ -4,6 +4,7 @@ import json
 import re
 from pathlib import Path
 
+import bitsandbytes as bnb
 import numpy as np
 import pytest
 import soundfile as sf
@@ -17,7 +18,8 @@ from whisper_lora_pl.audio import load_audio
 from whisper_lora_pl.cli import main
 from whisper_lora_pl.export import RunInfo, card_metadata, export, trained_base
 from whisper_lora_pl.features import log_mel
-from whisper_lora_pl.model import load_base
+from whisper_lora_pl.merging import merged_in_memory, with_adapters
+from whisper_lora_pl.model import DynamicLengthEncoder, load_base
 from whisper_lora_pl.module import WhisperLoRA
 from whisper_lora_pl.transcribe import decoder_for, find_audio, load_model, transcribe, write
 
@@ -29,6 +31,9 @@ def trained(tiny_model, cv_release, tmp_path_factory):
     main(["fit", *tiny_args(tiny_model, cv_release, folder, "--trainer.max_steps=6", "--trainer.limit_val_batches=0")])
     (checkpoint,) = folder.glob("**/checkpoints/*.ckpt")
     return checkpoint
+
+
+QUANTIZED = (bnb.nn.Linear8bitLt, bnb.nn.Linear4bit)
 
 
 def read_jsonl(path):
@@ -222,6 +227,45 @@ def test_every_take_home_path_decodes_like_the_evaluation(tiny_model, cv_release
     asr = pipeline("automatic-speech-recognition", model=str(written["merged"]), device="cpu")
     piped = [asr({"raw": a, "sampling_rate": 16_000})["text"] for a in audio]
     assert piped == texts["model"]
+
+
+@pytest.mark.parametrize("quantization", ["int8", "nf4"])
+def test_the_evaluation_model_is_exports_merged_model_built_in_memory(tiny_model, quantization, monkeypatch):
+    """Bit for bit the weights export merges (``with_adapters`` + ``merge_and_unload``), with no reload of the base
+    from disk, and no second copy of the weights that were float32 already: only the quantized layers are new."""
+    module = WhisperLoRA(tiny_model, quantization=quantization, max_new_tokens=4, encoder_length="dynamic")
+    module.configure_model()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # adapters that moved: lora_B starts at zero, which would hide a missing update
+        for param in module.model.parameters():
+            if param.requires_grad:
+                param.copy_(0.05 * torch.randn(param.shape, generator=generator))
+    adapters = {n: p.detach().clone() for n, p in module.model.named_parameters() if p.requires_grad}
+    info = RunInfo(tiny_model, quantization, encoder_length="dynamic")
+    exported = with_adapters(info, module.lora, adapters, "cpu", "test").merge_and_unload().state_dict()
+
+    def no_reload(*args, **kwargs):
+        raise AssertionError("the evaluation model reloaded the base from disk")
+
+    monkeypatch.setattr(WhisperForConditionalGeneration, "from_pretrained", no_reload)
+    module.on_validation_start()
+    evaluated = module.decoder.model
+    assert evaluated is not module.model and evaluated.state_dict().keys() == exported.keys()
+    assert [k for k, v in evaluated.state_dict().items() if not torch.equal(v, exported[k])] == []
+    assert isinstance(evaluated.get_encoder(), DynamicLengthEncoder) and evaluated.config.use_cache
+
+    training = {t.data_ptr() for t in module.model.state_dict().values()}
+    new = {t.data_ptr(): t.numel() * t.element_size() for t in evaluated.state_dict().values()}
+    added = sum(size for ptr, size in new.items() if ptr not in training)
+    quantized = sum(m.in_features * m.out_features for m in module.model.modules() if isinstance(m, QUANTIZED))
+    assert added == 4 * quantized  # the dequantized layers in float32, nothing else
+    module.on_validation_end()
+    assert module.decoder.model is module.model
+
+    half = merged_in_memory(module.model, torch.bfloat16).state_dict()  # a GPU run's 16-bit evaluation
+    assert all(
+        half[k].dtype == torch.bfloat16 and torch.equal(half[k], v.to(torch.bfloat16)) for k, v in exported.items()
+    )
 
 
 def test_without_evaluate_merged_a_pass_decodes_with_the_training_model(tiny_model):

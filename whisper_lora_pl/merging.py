@@ -5,18 +5,22 @@ transcribe all build from here: the training system imports nothing from export,
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import bitsandbytes as bnb
 import torch
 from peft import PeftModel, get_peft_model
+from peft.tuners.lora import LoraLayer
 from transformers import GenerationConfig, WhisperForConditionalGeneration, WhisperProcessor
+from transformers.integrations.bitsandbytes import dequantize_bnb_weight
 
 from whisper_lora_pl.convert import resolve_model_name
 from whisper_lora_pl.decode import DecodingSettings
 from whisper_lora_pl.features import set_feature_context
-from whisper_lora_pl.model import BaseDtype, EncoderLength, LoraSettings, Quantization, load_base
+from whisper_lora_pl.model import BaseDtype, EncoderLength, LoraSettings, Quantization, load_base, make_dynamic
 
 #: what an exported folder says about the run that made it (read by transcribe)
 RUN_FILE = "whisper-lora-pl.json"
@@ -110,6 +114,70 @@ def with_adapters(
         raise KeyError(f"{source} lacks {len(missing)} adapter weights, e.g. {sorted(missing)[:3]}")
     model.load_state_dict(adapters, strict=False)
     return model.eval()
+
+
+def merged_in_memory(model: PeftModel, dtype: torch.dtype = torch.float32) -> WhisperForConditionalGeneration:
+    """The model export writes, built from the training model's own weights, with no reload from disk: each
+    quantized weight dequantized as transformers' ``dequantize`` does, each adapter's update added in float32 as
+    peft's ``merge_and_unload`` adds it (so, in float32, the very weights of :func:`with_adapters` +
+    ``merge_and_unload``), then cast to ``dtype``. Weights already in ``dtype`` (the unquantized layers of an int8
+    base in float32) are shared with the training model, not copied: the copy adds at most the base's size in
+    ``dtype`` to the training model's memory. Evaluation (``evaluate_merged``) decodes with it."""
+    whisper = model.get_base_model()
+    config = copy.deepcopy(whisper.config)
+    for name in ("quantization_config", "_pre_quantization_dtype"):
+        if hasattr(config, name):
+            delattr(config, name)
+    config.use_cache = True  # training with gradient checkpointing turned the cache off
+    config.apply_spec_augment = False
+    state: dict[str, torch.Tensor] = {}
+    cast: dict[int, torch.Tensor] = {}  # tied weights (proj_out and embed_tokens) stay one tensor
+
+    def put(key: str, tensor: torch.Tensor) -> None:
+        if id(tensor) not in cast:
+            cast[id(tensor)] = tensor.detach().to(dtype)
+        state[key] = cast[id(tensor)]
+
+    inside_lora: tuple[str, ...] = ()
+    for name, module in whisper.named_modules():
+        prefix = f"{name}." if name else ""
+        if inside_lora and name.startswith(inside_lora):
+            continue
+        if isinstance(module, LoraLayer):
+            inside_lora = tuple(f"{name}.{child}" for child, _ in module.named_children())
+            base = module.get_base_layer()
+            weight = _dense_weight(base)
+            for adapter in module.active_adapters:
+                if adapter in module.lora_variant or module.lora_bias.get(adapter):
+                    raise NotImplementedError("evaluate_merged merges plain LoRA only (no DoRA, no lora_bias)")
+                weight = weight + module.get_delta_weight(adapter)
+            state[f"{prefix}weight"] = weight.to(dtype)
+            if base.bias is not None:
+                put(f"{prefix}bias", base.bias)
+            continue
+        if isinstance(module, bnb.nn.Linear8bitLt | bnb.nn.Linear4bit):
+            state[f"{prefix}weight"] = _dense_weight(module).to(dtype)
+            if module.bias is not None:
+                put(f"{prefix}bias", module.bias)
+            continue
+        for key, tensor in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
+            put(f"{prefix}{key}", tensor)
+    with torch.device("meta"):
+        merged = WhisperForConditionalGeneration(config)
+    merged.load_state_dict(state, strict=True, assign=True)
+    merged.generation_config = copy.deepcopy(whisper.generation_config)
+    encoder = whisper.get_encoder()
+    if hasattr(encoder, "cut"):  # encoder_length: dynamic
+        make_dynamic(merged, encoder.min_seconds)
+    return merged.requires_grad_(False).eval()
+
+
+def _dense_weight(layer: torch.nn.Module) -> torch.Tensor:
+    """A linear layer's weight in float32: bitsandbytes' int8 / nf4 dequantized as transformers does."""
+    weight = layer.weight
+    if isinstance(layer, bnb.nn.Linear8bitLt | bnb.nn.Linear4bit):
+        return dequantize_bnb_weight(weight, getattr(layer, "state", None)).to(torch.float32)
+    return weight.detach().to(torch.float32)
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[PeftModel, RunInfo]:
