@@ -17,6 +17,7 @@ from whisper_lora_pl.checkpoints import AtomicCheckpointIO
 from whisper_lora_pl.console import quiet_libraries
 from whisper_lora_pl.curves import TrainingCurves
 from whisper_lora_pl.data import WhisperDataModule
+from whisper_lora_pl.memory import MemoryCheck
 from whisper_lora_pl.module import WhisperLoRA
 
 #: what a process stopped by SIGTERM conventionally exits with (128 + 15), so schedulers see a preemption
@@ -31,6 +32,7 @@ class WhisperCLI(LightningCLI):
         for key in ("model_name", "language", "task", "context_seconds"):
             parser.link_arguments(f"model.{key}", f"data.{key}")
         parser.add_lightning_class_args(TrainingCurves, "curves")  # always on: curves.png at the end of fit
+        parser.add_lightning_class_args(MemoryCheck, "memory_check")  # the worst batches before step 1
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """Unless the config says otherwise: TensorBoard and CSV logs in one version folder, and checkpoints

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -267,20 +268,7 @@ class WhisperDataModule(L.LightningDataModule):
             sampler, dataset = self._packed(dataset, batch_size, world, rank)
             batch_size, shuffle = None, False
         elif stage == "train":
-            durations = self.prepared[stage].durations
-            if self.augmenter is not None and self.augment.speed_prob:  # slowed down, a clip lasts longer
-                durations = [d / min(1.0, *self.augment.speed_factors) for d in durations]
-            sampler = DurationBuckets(
-                durations,
-                batch_size,
-                self.batch_seconds,
-                self.num_buckets,
-                world,
-                rank,
-                self.shuffle_seed,
-                (lambda: trainer.current_epoch) if trainer is not None else (lambda: 0),
-                epoch_tags=self.augmenter is not None,
-            )
+            sampler = self._duration_buckets(world, rank)
             dataset, batch_size, shuffle = Batches(dataset), None, False  # the sampler batches and shuffles
         elif world > 1:
             sampler = UnrepeatedDistributedSampler(dataset, world, rank)
@@ -296,6 +284,44 @@ class WhisperDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
             multiprocessing_context=worker_context() if self.num_workers > 0 else None,
         )
+
+    def _duration_buckets(self, world: int, rank: int) -> DurationBuckets:
+        trainer = self.trainer
+        durations = self.prepared["train"].durations
+        if self.augmenter is not None and self.augment.speed_prob:  # slowed down, a clip lasts longer
+            durations = [d / min(1.0, *self.augment.speed_factors) for d in durations]
+        return DurationBuckets(
+            durations,
+            self.batch_size,
+            self.batch_seconds,
+            self.num_buckets,
+            world,
+            rank,
+            self.shuffle_seed,
+            (lambda: trainer.current_epoch) if trainer is not None else (lambda: 0),
+            epoch_tags=self.augmenter is not None,
+        )
+
+    def training_batch_shapes(self) -> list[tuple[int, float, int]]:
+        """(most clips, longest clip in seconds, most label tokens) of each kind of training batch this run makes:
+        one per duration bucket, or the packed windows' (what ``memory.MemoryCheck`` runs before step 1)."""
+        split = self.prepared["train"]
+        tokens = max(len(ids) for ids in split.labels)
+        if self.pack_windows:  # windows filled up to the context, their labels up to the decoder's limit
+            return [(self.batch_size, self.context_seconds, self.max_label_length)]
+        if self.timestamp_share > 0 or (self.trainer is not None and self.trainer.overfit_batches):
+            return [(self.batch_size, max(split.durations), min(tokens + 2, self.max_label_length))]
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = self._duration_buckets(world, rank)
+        return [
+            (
+                math.ceil(max(len(bucket), count) / count),
+                float(sampler.durations[bucket].max()),
+                max(len(split.labels[i]) for i in bucket),
+            )
+            for bucket, count in zip(sampler.buckets, sampler.batches, strict=True)
+        ]
 
     def _packed(self, clips: SpeechDataset, batch_size: int, world: int, rank: int) -> tuple[PackedWindows, Batches]:
         """The training sampler and dataset of packed windows (of one clip each without ``pack_windows``)."""

@@ -1,0 +1,115 @@
+"""The worst batches run before step 1 (``memory.MemoryCheck``): an impossible batch stops the run at once, naming the
+setting to lower and the value that fits; a possible one leaves the run exactly as it would have been without it."""
+
+import functools
+import re
+
+import pytest
+import torch
+from transformers import WhisperForConditionalGeneration
+
+from tests.conftest import REPO, tiny_args
+from tests.test_resume import adapters, losses
+from whisper_lora_pl.cli import main
+from whisper_lora_pl.memory import MemoryCheck, OutOfMemoryBudget
+
+#: 6 training clips (train + dev) and 2 test clips: one bucket, batches of 2 by default
+SPLITS = ("--data.train_split=train+dev", "--data.val_split=test")
+
+
+def run(tiny_model, cv_release, folder, *extra):
+    return main(
+        [
+            "fit",
+            *tiny_args(tiny_model, cv_release, folder, *SPLITS),
+            "--trainer.max_steps=3",
+            "--trainer.logger=CSVLogger",
+            f"--trainer.logger.save_dir={folder}",
+            *extra,
+        ]
+    )
+
+
+def check_of(cli) -> MemoryCheck:
+    (check,) = [c for c in cli.trainer.callbacks if isinstance(c, MemoryCheck)]
+    return check
+
+
+def test_the_check_leaves_the_run_exactly_as_without_it(tiny_model, cv_release, tmp_path):
+    """Same losses, same adapters: the check's batches draw LoRA dropout from a forked random stream and leave no
+    gradient behind (an unforked stream moves every later dropout mask: red, checked)."""
+    checked = run(tiny_model, cv_release, tmp_path / "on")
+    plain = run(tiny_model, cv_release, tmp_path / "off", "--memory_check.enabled=false")
+    report = check_of(checked).report
+    assert report["train_peak"] > 0 and report["eval_peak"] > 0
+    assert report["frozen base"] > 0 and report["evaluation copy"] > 0
+    assert check_of(plain).report == {}
+    assert losses(tmp_path / "on") == losses(tmp_path / "off") and len(losses(tmp_path / "on")) == 3
+    ours, theirs = adapters(checked.model), adapters(plain.model)
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+def out_of_memory_above(clips: int, training: bool):
+    """``WhisperForConditionalGeneration.forward`` that runs out of memory on a batch of more than ``clips`` clips
+    (in training with gradients, or in evaluation without), as a GPU would."""
+    original = WhisperForConditionalGeneration.forward
+
+    @functools.wraps(original)  # generate() reads the signature
+    def forward(self, *args, **kwargs):
+        batch = kwargs.get("input_features")
+        if batch is None:
+            batch = kwargs["encoder_outputs"].last_hidden_state
+        if torch.is_grad_enabled() == training and len(batch) > clips:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+        return original(self, *args, **kwargs)
+
+    return forward
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        (
+            "--data.batch_size=6",
+            r"\(6 clips of 30 s .*\) does not fit; 2 clips fit: lower data\.batch_size from 6 to (2) and .* 3x",
+        ),
+        # the 6 clips (at most ~1.6 s) in one bucket: 10 s a batch makes batches of 6
+        (
+            "--data.batch_seconds=10",
+            r"\(6 clips of 30 s .*\) does not fit; 2 clips fit: lower data\.batch_seconds from 10 to ([\d.]+) ",
+        ),
+    ],
+    ids=["batch_size", "batch_seconds"],
+)
+def test_an_impossible_training_batch_stops_the_run_before_step_1_with_a_value_that_fits(
+    tiny_model, cv_release, tmp_path, monkeypatch, setting, message
+):
+    """The full window (a share of steps keeps it) and the most clips a batch holds; the value it names passes."""
+    monkeypatch.setattr(WhisperForConditionalGeneration, "forward", out_of_memory_above(2, training=True))
+    steps = []
+    monkeypatch.setattr("whisper_lora_pl.module.WhisperLoRA.on_train_batch_end", lambda *a: steps.append(1))
+    dynamic = ("--model.encoder_length=dynamic", "--model.encoder_full_share=0.2", "--data.num_buckets=10")
+    with pytest.raises(OutOfMemoryBudget, match=message) as caught:
+        run(tiny_model, cv_release, tmp_path / "worst", setting, *dynamic)
+    assert steps == []  # not one step was taken
+    advised = f"{setting.split('=')[0]}={re.search(message, str(caught.value)).group(1)}"
+    cli = run(tiny_model, cv_release, tmp_path / "advised", advised, *dynamic)
+    assert cli.trainer.global_step == 3 and steps == [1, 1, 1]
+
+
+def test_an_impossible_evaluation_batch_stops_the_run_before_step_1(tiny_model, cv_release, tmp_path, monkeypatch):
+    monkeypatch.setattr(WhisperForConditionalGeneration, "forward", out_of_memory_above(1, training=False))
+    with pytest.raises(
+        OutOfMemoryBudget,
+        match=r"\(2 clips of 2 s\) does not fit; 1 clips fit: lower data\.eval_batch_size from 2 to 1",
+    ):
+        run(tiny_model, cv_release, tmp_path, "--data.eval_batch_size=2", "--model.encoder_length=dynamic")
+    # a dynamic encoder decodes each clip at its own length: the split's longest, rounded up to a second
+
+
+def test_the_shipped_configs_run_the_check(tiny_model, cv_release, tmp_path):
+    """On unless turned off: every config gets it from the CLI (none of them names it)."""
+    for config in ("demo.yaml", "whisper-large-v2-zh.yaml"):
+        assert "memory_check" not in (REPO / "configs" / config).read_text()
+    cli = main(tiny_args(tiny_model, cv_release, tmp_path), run=False)
+    assert check_of(cli).enabled
