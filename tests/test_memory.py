@@ -23,6 +23,7 @@ def run(tiny_model, cv_release, folder, *extra):
             "fit",
             *tiny_args(tiny_model, cv_release, folder, *SPLITS),
             "--trainer.max_steps=3",
+            "--memory_check.on_cpu=true",  # the GPU's default: the worst batches first
             "--trainer.logger=CSVLogger",
             f"--trainer.logger.save_dir={folder}",
             *extra,
@@ -108,8 +109,11 @@ def test_an_impossible_evaluation_batch_stops_the_run_before_step_1(tiny_model, 
 
 
 def test_the_shipped_configs_run_the_check(tiny_model, cv_release, tmp_path):
-    """On unless turned off: every config gets it from the CLI (none of them names it)."""
+    """On unless turned off: every config gets it from the CLI (none of them names it); a CPU run logs what it
+    holds and runs no batch unless asked."""
     for config in ("demo.yaml", "whisper-large-v2-zh.yaml"):
         assert "memory_check" not in (REPO / "configs" / config).read_text()
-    cli = main(tiny_args(tiny_model, cv_release, tmp_path), run=False)
-    assert check_of(cli).enabled
+    cli = main(["fit", *tiny_args(tiny_model, cv_release, tmp_path, "--trainer.max_steps=1")])
+    check = check_of(cli)
+    assert check.enabled and not check.on_cpu
+    assert check.report.keys() == {"frozen base", "adapters + gradients + optimizer", "evaluation copy"}

@@ -2,7 +2,7 @@ import bitsandbytes as bnb
 import pytest
 import torch
 
-from whisper_lora_pl.model import LoraSettings, build_whisper_lora, count_parameters
+from whisper_lora_pl.model import LoraSettings, build_whisper_lora, count_parameters, quantization_config
 from whisper_lora_pl.module import WhisperLoRA, warmup_then
 
 # tiny model: d_model 64, 2 encoder + 2 decoder layers. LoRA r=8 on q_proj and v_proj adds r * (64 + 64) = 1024
@@ -158,3 +158,13 @@ def test_training_steps_run_in_train_mode(tiny_model):
     trainer = L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False, callbacks=[Probe()])
     trainer.fit(WhisperLoRA(tiny_model, warmup_steps=0), train_dataloaders=loader)
     assert seen == [True, True]
+
+
+def test_nf4_computes_in_what_the_device_has(monkeypatch):
+    """bfloat16 where the GPU has it, float16 on older GPUs (T4, V100: no bfloat16), float32 on the CPU."""
+    assert quantization_config("nf4", "cpu").bnb_4bit_compute_dtype == torch.float32
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
+    assert quantization_config("nf4", "cuda").bnb_4bit_compute_dtype == torch.float16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert quantization_config("nf4", "cuda:1").bnb_4bit_compute_dtype == torch.bfloat16
+    assert quantization_config("int8", "cuda").load_in_8bit and quantization_config("none") is None

@@ -46,11 +46,14 @@ def export(
     parts: tuple[str, ...] = ("adapter", "merged"),
     dtype: str = "float32",
     ctranslate2: str | None = None,
+    device: str = "cpu",
 ) -> dict[str, Path]:
     """Write ``out/adapter`` (adapter_config.json, adapter_model.safetensors) and/or ``out/merged`` (a plain
     ``WhisperForConditionalGeneration`` in ``dtype`` that decodes like the evaluation), each with the processor;
     with ``ctranslate2`` (a weight type such as ``int8``) also ``out/ctranslate2`` for faster-whisper, converted
-    from the same merged weights."""
+    from the same merged weights. ``device`` is where the base is quantized again and merged: the device the run
+    trained on gives the very weights its evaluation decoded with (bitsandbytes' CUDA and CPU kernels may round
+    differently), and a large base dequantizes there in seconds."""
     if ctranslate2:  # before any work: refuse what faster-whisper cannot run (a shorter encoder context)
         from whisper_lora_pl.deploy import check_context
 
@@ -58,10 +61,10 @@ def export(
         check_context(RunInfo.from_hparams(hparams).context_seconds)
     if ctranslate2 and "merged" not in parts:
         with tempfile.TemporaryDirectory() as scratch:  # the CTranslate2 folder is made from the merged one
-            merged = export(checkpoint, scratch, ("merged",), dtype)["merged"]
-            written = export(checkpoint, out, parts, dtype) if parts else {}
+            merged = export(checkpoint, scratch, ("merged",), dtype, device=device)["merged"]
+            written = export(checkpoint, out, parts, dtype, device=device) if parts else {}
             return written | {"ctranslate2": _ctranslate2(merged, Path(out), ctranslate2)}
-    model, info = load_checkpoint(checkpoint)
+    model, info = load_checkpoint(checkpoint, device)
     evaluation = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True).get("evaluation")
     processor = processor_for(info)
     written = {}
@@ -283,9 +286,14 @@ def main(argv: list[str] | None = None) -> None:
         choices=["int8", "int8_float16", "int8_float32", "float16", "bfloat16", "float32"],
         help="also write OUT/ctranslate2 for faster-whisper, with these weights (needs the deploy extra)",
     )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="where the base is quantized and merged (cuda, cuda:1, ...): the device the run trained on",
+    )
     args = parser.parse_args(argv)
     parts = (args.only,) if args.only else ("adapter", "merged")
-    for part, folder in export(args.checkpoint, args.out, parts, args.dtype, args.ctranslate2).items():
+    for part, folder in export(args.checkpoint, args.out, parts, args.dtype, args.ctranslate2, args.device).items():
         print(f"{part}: {folder}")
 
 

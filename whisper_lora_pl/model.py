@@ -94,7 +94,7 @@ class SpecAugment:
             setattr(config, name, value)
 
 
-def quantization_config(quantization: Quantization) -> BitsAndBytesConfig | None:
+def quantization_config(quantization: Quantization, device: torch.device | str = "cpu") -> BitsAndBytesConfig | None:
     """``BitsAndBytesConfig`` for the choice (transformers 5 removed ``load_in_8bit=`` on ``from_pretrained``)."""
     if quantization == "int8":
         return BitsAndBytesConfig(load_in_8bit=True)
@@ -103,9 +103,18 @@ def quantization_config(quantization: Quantization) -> BitsAndBytesConfig | None
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32,
+            bnb_4bit_compute_dtype=nf4_compute_dtype(device),
         )
     return None
+
+
+def nf4_compute_dtype(device: torch.device | str) -> torch.dtype:
+    """What 4-bit layers compute in: bfloat16 on a GPU that has it (Ampere and later), float16 on older GPUs
+    (a T4, a V100), float32 on the CPU."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
 
 
 def load_base(
@@ -127,7 +136,7 @@ def load_base(
             bnb_log.addFilter(_not_the_int8_cast_notice)
     model = WhisperForConditionalGeneration.from_pretrained(
         resolve_model_name(model_name),
-        quantization_config=quantization_config(quantization),
+        quantization_config=quantization_config(quantization, device),
         device_map={"": torch.device(device)},
         dtype=DTYPES[base_dtype] if quantization == "none" else torch.float32,
     )
