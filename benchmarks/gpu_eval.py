@@ -8,8 +8,9 @@ Random weights (speed and memory do not depend on the values: a random decoder w
 clip costs the same ``--tokens``) in the shape of whisper-large-v2 (``gpu_train_memory.LARGE_V2``). Per setting it
 decodes ``--clips`` clips with the shared routine (``whisper_lora_pl.decode``, no loop guard) under 16-bit
 autocast, two ways: ``training``, the int8 / nf4 base with its adapters (what the tutorial evaluates with, and
-``model.evaluate_merged: false``), and ``merged``, the float32 base that evaluation builds by default
-(``with_adapters`` + ``merge_and_unload``). Prints one row per setting with the device's name.
+``model.evaluate_merged: false``), and ``merged``, the copy evaluation builds by default from the training model's
+weights in memory (``merging.merged_in_memory``, in float16 on a GPU as in a ``16-mixed`` run, float32 on the CPU).
+Prints one row per setting with the device's name.
 ``--lengths dynamic`` runs each setting with ``model.encoder_length: dynamic`` on clips of Common Voice-like
 durations: the ``--repeats`` timed batches have longest clips spread evenly from 10 s down to 2 s (evaluation sorts
 clips by duration, so a batch's clips are alike), each cut after its longest clip.
@@ -27,8 +28,8 @@ from gpu_train_memory import LARGE_V2, make_model_folder  # beside this script
 from transformers import WhisperTokenizer
 
 from whisper_lora_pl.decode import Decoder, DecodingSettings
-from whisper_lora_pl.merging import RunInfo, with_adapters
-from whisper_lora_pl.model import LoraSettings, build_whisper_lora
+from whisper_lora_pl.merging import merged_in_memory
+from whisper_lora_pl.model import build_whisper_lora
 
 TINY = LARGE_V2 | dict(d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
                        decoder_attention_heads=2, encoder_ffn_dim=128, decoder_ffn_dim=128)  # fmt: skip
@@ -72,9 +73,7 @@ def run(folder: Path, base: str, context: float, length: str, batch: int, a: arg
         str(folder), base, device=device, gradient_checkpointing=False, context_seconds=context, encoder_length=length
     )
     rows = [setting | measure("training", trained.eval(), tokenizer, features, a)]
-    adapters = {name: p.detach() for name, p in trained.named_parameters() if p.requires_grad}
-    info = RunInfo(str(folder), base, context_seconds=context, encoder_length=length, language="zh", task="transcribe")
-    merged = with_adapters(info, LoraSettings(), adapters, device, "benchmark").merge_and_unload()
+    merged = merged_in_memory(trained, torch.float16 if device.type == "cuda" else torch.float32)
     rows.append(setting | measure("merged", merged, tokenizer, features, a))
     return rows
 

@@ -21,54 +21,15 @@ import argparse
 import json
 import subprocess
 import sys
-import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
+from whisper_lora_pl.memory import Peak, Shape, _train_once, resident_bytes
+
 GIB = 2**30
-
-
-class Peak:
-    """The largest resident set (or CUDA allocation) while the block runs, above what was held at its start."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-
-    def __enter__(self) -> Peak:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.start = torch.cuda.memory_allocated(self.device)
-            return self
-        self.start = self.highest = _rss()
-        self.running = True
-        self.thread = threading.Thread(target=self._sample, daemon=True)
-        self.thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while self.running:
-            self.highest = max(self.highest, _rss())
-            time.sleep(0.005)
-
-    def __exit__(self, *exc) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            self.highest = torch.cuda.max_memory_allocated(self.device)
-        else:
-            self.running = False
-            self.thread.join()
-            self.highest = max(self.highest, _rss())
-        self.added = self.highest - self.start
-
-
-def _rss() -> int:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * 4096
 
 
 class _Precision:
@@ -84,7 +45,6 @@ class _Precision:
 def child(args: argparse.Namespace) -> None:
     from transformers.modeling_outputs import BaseModelOutput
 
-    from whisper_lora_pl.memory import Shape, _train_once
     from whisper_lora_pl.merging import RunInfo, merged_in_memory, with_adapters
     from whisper_lora_pl.module import WhisperLoRA
 
@@ -96,7 +56,7 @@ def child(args: argparse.Namespace) -> None:
     module._target_device = lambda: device  # no Trainer: the model goes where the benchmark says
     started = time.perf_counter()
     module.configure_model()
-    loaded = _rss() if device.type == "cpu" else torch.cuda.memory_allocated(device)
+    loaded = resident_bytes() if device.type == "cpu" else torch.cuda.memory_allocated(device)
     print(json.dumps({"what": "loaded", "GiB": round(loaded / GIB, 2), "s": round(time.perf_counter() - started, 1)}))
     trainer = type("T", (), {"precision_plugin": _Precision(device)})()
     for seconds in args.seconds:

@@ -6,15 +6,19 @@ import re
 
 import pytest
 import torch
+import yaml
 from transformers import WhisperForConditionalGeneration
 
 from tests.conftest import REPO, tiny_args
 from tests.test_resume import adapters, losses
+from whisper_lora_pl.batch_probe import probe
 from whisper_lora_pl.cli import main
 from whisper_lora_pl.memory import MemoryCheck, OutOfMemoryBudget
 
 #: 6 training clips (train + dev) and 2 test clips: one bucket, batches of 2 by default
 SPLITS = ("--data.train_split=train+dev", "--data.val_split=test")
+#: the shipped encoder: cut after each batch's longest clip, a fifth of the steps on the full window, 10 buckets
+DYNAMIC = ("--model.encoder_length=dynamic", "--model.encoder_full_share=0.2", "--data.num_buckets=10")
 
 
 def run(tiny_model, cv_release, folder, *extra):
@@ -50,9 +54,9 @@ def test_the_check_leaves_the_run_exactly_as_without_it(tiny_model, cv_release, 
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
 
 
-def out_of_memory_above(clips: int, training: bool):
-    """``WhisperForConditionalGeneration.forward`` that runs out of memory on a batch of more than ``clips`` clips
-    (in training with gradients, or in evaluation without), as a GPU would."""
+def out_of_memory_above(training: int | None = None, evaluation: int | None = None):
+    """``WhisperForConditionalGeneration.forward`` that runs out of memory on a batch of more than ``training`` clips
+    with gradients, or more than ``evaluation`` without, as a GPU would."""
     original = WhisperForConditionalGeneration.forward
 
     @functools.wraps(original)  # generate() reads the signature
@@ -60,7 +64,8 @@ def out_of_memory_above(clips: int, training: bool):
         batch = kwargs.get("input_features")
         if batch is None:
             batch = kwargs["encoder_outputs"].last_hidden_state
-        if torch.is_grad_enabled() == training and len(batch) > clips:
+        most = training if torch.is_grad_enabled() else evaluation
+        if most is not None and len(batch) > most:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
         return original(self, *args, **kwargs)
 
@@ -86,20 +91,19 @@ def test_an_impossible_training_batch_stops_the_run_before_step_1_with_a_value_t
     tiny_model, cv_release, tmp_path, monkeypatch, setting, message
 ):
     """The full window (a share of steps keeps it) and the most clips a batch holds; the value it names passes."""
-    monkeypatch.setattr(WhisperForConditionalGeneration, "forward", out_of_memory_above(2, training=True))
+    monkeypatch.setattr(WhisperForConditionalGeneration, "forward", out_of_memory_above(training=2))
     steps = []
     monkeypatch.setattr("whisper_lora_pl.module.WhisperLoRA.on_train_batch_end", lambda *a: steps.append(1))
-    dynamic = ("--model.encoder_length=dynamic", "--model.encoder_full_share=0.2", "--data.num_buckets=10")
     with pytest.raises(OutOfMemoryBudget, match=message) as caught:
-        run(tiny_model, cv_release, tmp_path / "worst", setting, *dynamic)
+        run(tiny_model, cv_release, tmp_path / "worst", setting, *DYNAMIC)
     assert steps == []  # not one step was taken
     advised = f"{setting.split('=')[0]}={re.search(message, str(caught.value)).group(1)}"
-    cli = run(tiny_model, cv_release, tmp_path / "advised", advised, *dynamic)
+    cli = run(tiny_model, cv_release, tmp_path / "advised", advised, *DYNAMIC)
     assert cli.trainer.global_step == 3 and steps == [1, 1, 1]
 
 
 def test_an_impossible_evaluation_batch_stops_the_run_before_step_1(tiny_model, cv_release, tmp_path, monkeypatch):
-    monkeypatch.setattr(WhisperForConditionalGeneration, "forward", out_of_memory_above(1, training=False))
+    monkeypatch.setattr(WhisperForConditionalGeneration, "forward", out_of_memory_above(evaluation=1))
     with pytest.raises(
         OutOfMemoryBudget,
         match=r"\(2 clips of 2 s\) does not fit; 1 clips fit: lower data\.eval_batch_size from 2 to 1",
@@ -112,8 +116,30 @@ def test_the_shipped_configs_run_the_check(tiny_model, cv_release, tmp_path):
     """On unless turned off: every config gets it from the CLI (none of them names it); a CPU run logs what it
     holds and runs no batch unless asked."""
     for config in ("demo.yaml", "whisper-large-v2-zh.yaml"):
-        assert "memory_check" not in (REPO / "configs" / config).read_text()
+        assert "memory_check" not in yaml.safe_load((REPO / "configs" / config).read_text())
     cli = main(["fit", *tiny_args(tiny_model, cv_release, tmp_path, "--trainer.max_steps=1")])
     check = check_of(cli)
     assert check.enabled and not check.on_cpu
     assert check.report.keys() == {"frozen base", "adapters + gradients + optimizer", "evaluation copy"}
+
+
+@pytest.mark.parametrize(
+    "setting", ["--data.batch_size=2", "--data.batch_seconds=4"], ids=["batch_size", "batch_seconds"]
+)
+def test_the_probe_prints_the_largest_batches_that_fit(tiny_model, cv_release, tmp_path, monkeypatch, capsys, setting):
+    """Doubling, then bisection: 3 training clips and 1 evaluation clip fit here, whatever the config says now."""
+    args = [*tiny_args(tiny_model, cv_release, tmp_path, *SPLITS), setting, *DYNAMIC]
+    with pytest.raises(SystemExit, match="on the CPU memory runs out by the kernel"):
+        probe(args)
+    monkeypatch.setattr(WhisperForConditionalGeneration, "forward", out_of_memory_above(training=3, evaluation=1))
+    found = probe(args, limit_gib=1000)
+    printed = capsys.readouterr().out
+    if "batch_size" in setting:
+        assert found == {"data.batch_size": 3, "data.eval_batch_size": 1}
+        assert printed.endswith("data:\n  batch_size: 3\n  eval_batch_size: 1\n")
+    else:  # 3 clips of the bucket of the shortest clips: what batch_seconds gives them
+        (seconds,) = [v for k, v in found.items() if k == "data.batch_seconds"]
+        assert f"  batch_seconds: {seconds:g}\n" in printed
+        probed = (f"--data.batch_seconds={seconds}", "--data.eval_batch_size=1")
+        cli = run(tiny_model, cv_release, tmp_path / "probed", *probed, *DYNAMIC)
+        assert check_of(cli).report["train_peak"] > 0  # the probed value passes the check it was probed with

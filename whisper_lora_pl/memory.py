@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import math
-import resource
+import os
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
@@ -63,7 +65,7 @@ class MemoryCheck(L.Callback):
     """At the start of ``fit``: logs what the run holds (quantized base, adapters with their gradients and optimizer
     moments, the evaluation's merged copy), then runs the worst training batch (forward and backward as configured)
     and one ``generate`` of the largest evaluation batch to its whole token budget, and reports the peak memory
-    (CUDA's ``max_memory_allocated``; on the CPU the process's peak resident memory). If either runs out of memory,
+    (CUDA's ``max_memory_allocated``; on the CPU the process's resident set, sampled). If either runs out of memory,
     the most clips that fit are found (halving, then bisection) and the run stops with an error that names the
     setting to lower and the value that fits. It costs one training step and one evaluation batch at start-up.
 
@@ -135,54 +137,109 @@ def held_bytes(module) -> dict[str, int]:
 
 
 def _fitting(run: Callable[[Shape], None], shape: Shape, advice: Callable[[Shape, Shape | None], str], device) -> float:
-    """Run ``shape``; if it runs out of memory, find the most clips that fit (halving, then bisecting between the
-    last that fit and the first that did not, NeMo's OOMptimizer's search) and raise the advice for them."""
-    if _fits(run, shape, device):
-        return _measured(run, shape, device)
-    fails, fits = shape.clips, 0
-    while fits == 0 and fails > 1:
-        if _fits(run, replace(shape, clips=fails // 2), device):
-            fits = fails // 2
-        else:
-            fails //= 2
-    while fails - fits > 1 and fits > 0:
-        middle = (fits + fails) // 2
-        if _fits(run, replace(shape, clips=middle), device):
-            fits = middle
-        else:
-            fails = middle
+    """Run ``shape`` and return its peak; if it runs out of memory, find the most clips that fit and raise the
+    advice for them."""
+    peak = peak_or_none(run, shape, device)
+    if peak is not None:
+        return peak
+    fits = largest_fitting(run, shape, device, ceiling=shape.clips - 1, fails=shape.clips)
     raise OutOfMemoryBudget(advice(shape, replace(shape, clips=fits) if fits else None))
 
 
-def _fits(run: Callable[[Shape], None], shape: Shape, device) -> bool:
+def largest_fitting(
+    run: Callable[[Shape], None], shape: Shape, device, ceiling: int, fails: int | None = None, limit: float = math.inf
+) -> int:
+    """The most clips of ``shape`` (at most ``ceiling``) that ``run`` takes without running out of memory (or over
+    ``limit`` bytes at its peak), 0 if not one: NeMo's OOMptimizer's search. Doubling from 1 while they fit (from
+    half of ``fails``, a count known to fail, when given), halving while they do not, then bisection between the
+    last count that fit and the first that did not."""
+    fits, clips = 0, max(1, fails // 2) if fails else 1
+    while True:
+        if peak_or_none(run, replace(shape, clips=clips), device, limit) is not None:
+            fits = clips
+            if fails is not None:
+                break
+            if clips >= ceiling:
+                return ceiling
+            clips = min(ceiling, 2 * clips)
+        else:
+            fails = clips
+            if fits or clips == 1:
+                break
+            clips //= 2
+    while fits and fails - fits > 1:
+        middle = (fits + fails) // 2
+        if peak_or_none(run, replace(shape, clips=middle), device, limit) is not None:
+            fits = middle
+        else:
+            fails = middle
+    return fits
+
+
+def peak_or_none(run: Callable[[Shape], None], shape: Shape, device, limit: float = math.inf) -> float | None:
+    """The peak bytes of ``run(shape)``, or None if it ran out of memory (or its peak passed ``limit``)."""
     try:
-        _measured(run, shape, device)
+        with Peak(device) as peak:
+            run(shape)
     except Exception as err:
         if not out_of_memory(err):
             raise
         err.with_traceback(None)  # its frames hold the batch's tensors
-        return False
-    return True
-
-
-def _measured(run: Callable[[Shape], None], shape: Shape, device) -> float:
-    """Peak bytes while ``run(shape)`` ran: CUDA's peak allocation, or the process's peak resident set on the CPU
-    (which never goes down: the largest of everything the process did so far)."""
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-    try:
-        run(shape)
+        return None
     finally:
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    if device.type == "cuda":
-        return float(torch.cuda.max_memory_allocated(device))
-    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return peak.highest if peak.highest <= limit else None
+
+
+class Peak:
+    """The highest memory in use while the block runs: CUDA's peak allocation, or on the CPU the process's resident
+    set sampled every 5 ms by a thread (``ru_maxrss`` only ever grows, so it cannot tell one batch's peak)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = torch.device(device)
+        self.start = self.highest = 0
+
+    def __enter__(self) -> Peak:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.start = self.highest = torch.cuda.memory_allocated(self.device)
+            return self
+        self.start = self.highest = resident_bytes()
+        self._running = True
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while self._running:
+            self.highest = max(self.highest, resident_bytes())
+            time.sleep(0.005)
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.highest = torch.cuda.max_memory_allocated(self.device)
+        else:
+            self._running = False
+            self._thread.join()
+            self.highest = max(self.highest, resident_bytes())
+
+    @property
+    def added(self) -> int:
+        return self.highest - self.start
+
+
+def resident_bytes() -> int:
+    """This process's resident set now (Linux)."""
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def _peak_name(device) -> str:
-    return "allocated" if device.type == "cuda" else "resident (the process's, so far)"
+    return "allocated" if device.type == "cuda" else "resident"
 
 
 def _training_advice(datamodule, worst: Shape) -> Callable[[Shape, Shape | None], str]:
