@@ -128,8 +128,9 @@ def main() -> None:
     common = [sys.executable, __file__, "--child", "--folder", str(args.folder), "--device", args.device]
     common += ["--batches", *map(str, args.batches), "--seconds", *map(str, args.seconds)]
     common += ["--eval-batch", str(args.eval_batch), "--tokens", str(args.tokens)]
-    subprocess.run([*common, "--checkpointing", "--evaluation"], check=True)
-    subprocess.run(common, check=True)
+    for extra in (["--checkpointing", "--evaluation"], []):  # a child the kernel kills for memory says so
+        if code := subprocess.run([*common, *extra]).returncode:
+            print(json.dumps({"what": "child ended", "returncode": code, "killed for memory": code == -9}), flush=True)
 
 
 if __name__ == "__main__":

@@ -116,3 +116,23 @@ def test_an_unquantized_bfloat16_base_keeps_its_type_and_trains_float32_adapters
     assert trained.get_base_model().model.decoder.layers[0].fc1.weight.dtype == torch.bfloat16
     assert {p.dtype for p in trained.parameters() if p.requires_grad} == {torch.float32}
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
+
+
+def test_an_int8_base_trains_under_mixed_precision(tiny_model, cv_release, tmp_path):
+    """The recipe's mixed precision over bitsandbytes' int8 layers (on the CPU Lightning takes 16-mixed as
+    bf16-mixed; benchmarks/gpu_paths.py runs 16-mixed on a GPU): finite losses, float32 adapters that moved, and an
+    evaluation copy in float32 on the CPU."""
+    cli = main(
+        [
+            "fit",
+            *tiny_args(tiny_model, cv_release, tmp_path),
+            "--trainer.precision=bf16-mixed",
+            "--trainer.max_steps=2",
+            "--memory_check.on_cpu=true",
+        ]
+    )
+    trained = cli.model.model
+    assert {p.dtype for p in trained.parameters() if p.requires_grad} == {torch.float32}
+    assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
+    assert all(p.abs().sum() > 0 for n, p in trained.named_parameters() if "lora_B" in n)  # B starts at zero
+    assert cli.model.evaluation_dtype() == torch.float32 and cli.trainer.callback_metrics["val/clips"] == 2

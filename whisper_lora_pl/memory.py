@@ -4,7 +4,9 @@ share, the bucket of the most clips) or at the first validation (the evaluation'
 
 :class:`MemoryCheck` is a callback the CLI always adds (``memory_check.enabled: false`` turns it off). Its batches
 are made up (random features and labels from a generator of their own, the model's own shapes): the run's random
-streams, its data order and its weights are exactly as without it, so resume stays exact.
+streams, its data order and its weights are exactly as without it, so resume stays exact. On the CPU it only logs
+what the run holds unless ``memory_check.on_cpu`` (the kernel's kill, the CPU's out-of-memory, cannot be caught).
+``batch_probe`` runs the same batches at growing sizes to find the largest that fit.
 """
 
 from __future__ import annotations
@@ -54,9 +56,14 @@ def worst_training_batch(module, datamodule) -> Shape:
     as long as the split's longest (or the decoder's limit, for packed windows)."""
     hp = module.hparams
     full = hp.encoder_length == "padded" or hp.get("encoder_full_share", 0.0) > 0
+
+    def encoded(longest: float) -> float:  # the dynamic encoder's cut: rounded up to a second, at least its minimum
+        cut = max(math.ceil(longest), hp.get("encoder_min_seconds", 0.0))
+        return hp.context_seconds if full else min(hp.context_seconds, cut)
+
     shapes = datamodule.training_batch_shapes()
     return max(
-        (Shape(clips, hp.context_seconds if full else seconds, tokens, seconds) for clips, seconds, tokens in shapes),
+        (Shape(clips, encoded(longest), tokens, longest) for clips, longest, tokens in shapes),
         key=lambda s: (s.clips * s.seconds, s.clips),
     )
 
