@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from whisper_lora_pl.memory import Peak, Shape, _train_once, resident_bytes
+from whisper_lora_pl.memory import Peak, Shape, resident_bytes, train_once
 
 GIB = 2**30
 
@@ -65,7 +65,7 @@ def child(args: argparse.Namespace) -> None:
         for batch in args.batches:
             started = time.perf_counter()
             with Peak(device) as peak:
-                _train_once(module, Shape(batch, seconds, 32), trainer)
+                train_once(module, Shape(batch, seconds, 32), trainer)
             row = {"what": "train", "checkpointing": args.checkpointing, "seconds": seconds, "batch": batch}
             print(
                 json.dumps(

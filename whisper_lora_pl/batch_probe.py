@@ -24,10 +24,10 @@ from whisper_lora_pl.cli import main as cli_main
 from whisper_lora_pl.memory import (
     GIB,
     Shape,
-    _decode_once,
-    _restored,
-    _train_once,
+    decode_once,
     largest_fitting,
+    left_as_it_was,
+    train_once,
     worst_evaluation_batch,
     worst_training_batch,
 )
@@ -52,10 +52,10 @@ def probe(argv: list[str], limit_gib: float | None = None) -> dict[str, float]:
     datamodule.setup("fit")
     module.configure_model()
     found: dict[str, float] = {}
-    with _restored(module):
+    with left_as_it_was(module):
         worst = worst_training_batch(module, datamodule)
         ceiling = len(datamodule.prepared["train"].durations)
-        clips = largest_fitting(lambda s: _train_once(module, s, trainer), worst, device, ceiling, limit=limit)
+        clips = largest_fitting(lambda s: train_once(module, s, trainer), worst, device, ceiling, limit=limit)
         if clips == 0:
             raise SystemExit(f"not one training clip fits ({worst}): see docs/training.md#memory-the-worst-batch-first")
         if datamodule.batch_seconds and not (datamodule.pack_windows or datamodule.timestamp_share > 0):
@@ -67,7 +67,7 @@ def probe(argv: list[str], limit_gib: float | None = None) -> dict[str, float]:
         if "val" in datamodule.prepared:
             evaluation = worst_evaluation_batch(module, datamodule)
             ceiling = len(datamodule.prepared["val"].durations)
-            clips = largest_fitting(lambda s: _decode_once(module, s), evaluation, device, ceiling, limit=limit)
+            clips = largest_fitting(lambda s: decode_once(module, s), evaluation, device, ceiling, limit=limit)
             found["data.eval_batch_size"] = max(1, clips)
             print(f"evaluation: {Shape(clips, evaluation.seconds, 0)} fit", file=sys.stderr)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"

@@ -100,13 +100,13 @@ class MemoryCheck(L.Callback):
         rank_zero_info(f"memory on {device}: {held}; running the worst batches first")
         train = worst_training_batch(module, datamodule)
         ran = [f"training {train}"]
-        with _restored(module):
+        with left_as_it_was(module):
             advice = _training_advice(datamodule, train)
-            self.report["train_peak"] = _fitting(lambda s: _train_once(module, s, trainer), train, advice, device)
+            self.report["train_peak"] = _fitting(lambda s: train_once(module, s, trainer), train, advice, device)
             if trainer.limit_val_batches != 0 and "val" in datamodule.prepared:
                 evaluation = worst_evaluation_batch(module, datamodule)
                 advice = _advice("data.eval_batch_size", evaluation.clips, lambda clips: clips)
-                self.report["eval_peak"] = _fitting(lambda s: _decode_once(module, s), evaluation, advice, device)
+                self.report["eval_peak"] = _fitting(lambda s: decode_once(module, s), evaluation, advice, device)
                 ran.append(f"evaluation {evaluation} to their whole token budget")
         peak = max(self.report["train_peak"], self.report.get("eval_peak", 0.0)) / GIB
         total = (
@@ -281,7 +281,7 @@ def _advice(setting: str, now: float, value: Callable[[int], float]) -> Callable
 
 
 @contextlib.contextmanager
-def _restored(module) -> Iterator[None]:
+def left_as_it_was(module) -> Iterator[None]:
     """Leave the run as it was: its random streams (LoRA dropout draws from torch's), each submodule's train/eval
     mode, no gradient on any weight, and the training decoder."""
     devices = [module.device.index or 0] if module.device.type == "cuda" else []
@@ -297,7 +297,7 @@ def _restored(module) -> Iterator[None]:
         module._end_pass()
 
 
-def _train_once(module, shape: Shape, trainer: L.Trainer) -> None:
+def train_once(module, shape: Shape, trainer: L.Trainer) -> None:
     """One forward and backward of made-up clips, under the run's precision, as ``training_step`` runs them."""
     generator = torch.Generator().manual_seed(0)
     config = module.model.config
@@ -315,7 +315,7 @@ def _train_once(module, shape: Shape, trainer: L.Trainer) -> None:
 
 
 @torch.no_grad()
-def _decode_once(module, shape: Shape) -> None:
+def decode_once(module, shape: Shape) -> None:
     """One ``generate`` of made-up clips up to their whole token budget (never stopped early by an end-of-text),
     with the model the evaluation decodes with (its merged copy built as each pass builds it)."""
     module._begin_pass()
