@@ -4,7 +4,6 @@ import json
 import re
 from pathlib import Path
 
-import bitsandbytes as bnb
 import numpy as np
 import pytest
 import soundfile as sf
@@ -18,7 +17,7 @@ from whisper_lora_pl.audio import load_audio
 from whisper_lora_pl.cli import main
 from whisper_lora_pl.export import RunInfo, card_metadata, export, trained_base
 from whisper_lora_pl.features import log_mel
-from whisper_lora_pl.merging import merged_in_memory, with_adapters
+from whisper_lora_pl.merging import QUANTIZED, merged_in_memory, with_adapters
 from whisper_lora_pl.model import DynamicLengthEncoder, load_base
 from whisper_lora_pl.module import WhisperLoRA
 from whisper_lora_pl.transcribe import decoder_for, find_audio, load_model, transcribe, write
@@ -31,9 +30,6 @@ def trained(tiny_model, cv_release, tmp_path_factory):
     main(["fit", *tiny_args(tiny_model, cv_release, folder, "--trainer.max_steps=6", "--trainer.limit_val_batches=0")])
     (checkpoint,) = folder.glob("**/checkpoints/*.ckpt")
     return checkpoint
-
-
-QUANTIZED = (bnb.nn.Linear8bitLt, bnb.nn.Linear4bit)
 
 
 def read_jsonl(path):

@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
-import bitsandbytes as bnb
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
@@ -27,9 +26,9 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from whisper_lora_pl.decode import out_of_memory
 from whisper_lora_pl.features import FRAMES_PER_SECOND
+from whisper_lora_pl.merging import QUANTIZED
 
 GIB = 2**30
-QUANTIZED = (bnb.nn.Linear8bitLt, bnb.nn.Linear4bit)
 
 
 class OutOfMemoryBudget(RuntimeError):
@@ -44,6 +43,11 @@ class Shape:
     seconds: float
     tokens: int
     longest: float = 0.0  #: seconds of its longest clip (what data.batch_seconds is divided by)
+
+    @property
+    def frames(self) -> int:
+        """Log-mel frames of its encoder input (an even number, as the encoder's stride-2 convolution takes)."""
+        return 2 * math.ceil(self.seconds * FRAMES_PER_SECOND / 2)
 
     def __str__(self) -> str:
         labels = f" with {self.tokens} label tokens" if self.tokens else ""
@@ -301,7 +305,7 @@ def train_once(module, shape: Shape, trainer: L.Trainer) -> None:
     """One forward and backward of made-up clips, under the run's precision, as ``training_step`` runs them."""
     generator = torch.Generator().manual_seed(0)
     config = module.model.config
-    frames = 2 * math.ceil(shape.seconds * FRAMES_PER_SECOND / 2)
+    frames = shape.frames
     features = torch.randn(shape.clips, config.num_mel_bins, frames, generator=generator)
     labels = torch.randint(0, config.vocab_size, (shape.clips, max(2, shape.tokens)), generator=generator)
     module.model.train()
@@ -322,7 +326,7 @@ def decode_once(module, shape: Shape) -> None:
     try:
         decoder = module.decoder
         generator = torch.Generator().manual_seed(0)
-        frames = 2 * math.ceil(shape.seconds * FRAMES_PER_SECOND / 2)
+        frames = shape.frames
         features = torch.randn(shape.clips, decoder.model.config.num_mel_bins, frames, generator=generator)
         durations = [shape.seconds] * shape.clips
         budget = max(decoder.budgets(durations))

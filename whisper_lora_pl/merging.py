@@ -25,6 +25,8 @@ from whisper_lora_pl.model import BaseDtype, EncoderLength, LoraSettings, Quanti
 #: what an exported folder says about the run that made it (read by transcribe)
 RUN_FILE = "whisper-lora-pl.json"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+#: bitsandbytes' quantized linear layers (int8, nf4)
+QUANTIZED = (bnb.nn.Linear8bitLt, bnb.nn.Linear4bit)
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,7 @@ def merged_in_memory(model: PeftModel, dtype: torch.dtype = torch.float32) -> Wh
             if base.bias is not None:
                 put(f"{prefix}bias", base.bias)
             continue
-        if isinstance(module, bnb.nn.Linear8bitLt | bnb.nn.Linear4bit):
+        if isinstance(module, QUANTIZED):
             state[f"{prefix}weight"] = _dense_weight(module).to(dtype)
             if module.bias is not None:
                 put(f"{prefix}bias", module.bias)
@@ -175,7 +177,7 @@ def merged_in_memory(model: PeftModel, dtype: torch.dtype = torch.float32) -> Wh
 def _dense_weight(layer: torch.nn.Module) -> torch.Tensor:
     """A linear layer's weight in float32: bitsandbytes' int8 / nf4 dequantized as transformers does."""
     weight = layer.weight
-    if isinstance(layer, bnb.nn.Linear8bitLt | bnb.nn.Linear4bit):
+    if isinstance(layer, QUANTIZED):
         return dequantize_bnb_weight(weight, getattr(layer, "state", None)).to(torch.float32)
     return weight.detach().to(torch.float32)
 
