@@ -55,9 +55,11 @@ class Transcriber:
         batch_size: int = 8,
         max_segment: float | None = None,
         speech: Detector = "vad",
+        piece_seconds: float | None = None,
     ) -> None:
         self.decoder, self.feature_extractor = decoder, feature_extractor
         self.folder, self.batch_size, self.max_segment, self.speech = folder, batch_size, max_segment, speech
+        self.piece_seconds = piece_seconds
         self.count = 0
 
     def __call__(self, path: str | None) -> Result:
@@ -65,7 +67,13 @@ class Transcriber:
             return Result("", [], "Upload a file or record from the microphone, then press Transcribe.", [])
         began = time.perf_counter()
         result = transcribe(
-            [Path(path)], self.decoder, self.feature_extractor, self.batch_size, self.max_segment, speech=self.speech
+            [Path(path)],
+            self.decoder,
+            self.feature_extractor,
+            self.batch_size,
+            self.max_segment,
+            speech=self.speech,
+            piece_seconds=self.piece_seconds,
         )
         name = Path(path).name
         if result.failed:
@@ -132,7 +140,13 @@ def main(argv: list[str] | None = None) -> int:
     decoder, processor = decoder_from_args(parser, args)
     with tempfile.TemporaryDirectory(prefix="whisper-lora-app-") as folder:
         transcriber = Transcriber(
-            decoder, processor.feature_extractor, Path(folder), args.batch_size, args.max_segment, args.speech
+            decoder,
+            processor.feature_extractor,
+            Path(folder),
+            args.batch_size,
+            args.max_segment,
+            args.speech,
+            args.piece_seconds or None,
         )
         source = args.model or args.adapter or args.checkpoint
         page = build(transcriber, f"whisper-lora-pl: {Path(source).name}")

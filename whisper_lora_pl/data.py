@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import lightning as L
+import numpy as np
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
@@ -22,6 +23,7 @@ from whisper_lora_pl.buckets import Batches, DurationBuckets
 from whisper_lora_pl.collate import SpeechCollator, UnrepeatedDistributedSampler
 from whisper_lora_pl.convert import resolve_model_name
 from whisper_lora_pl.dataset import PreparedSplit, SpeechDataset
+from whisper_lora_pl.evalsets import EvalSet, LoadedSet, load_set
 from whisper_lora_pl.features import set_feature_context
 from whisper_lora_pl.packing import PackedSpeech, PackedWindows
 from whisper_lora_pl.sources import Example, Source
@@ -78,6 +80,10 @@ class WhisperDataModule(L.LightningDataModule):
         augment: speed perturbation, noise and gain of the training clips' audio, every draw from
             (``shuffle_seed``, epoch, clip) (:mod:`whisper_lora_pl.augment`; off by default). Not yet with
             ``pack_windows`` or ``timestamp_share``.
+        eval_sets: named evaluation sets scored at validation and test beside ``val_split`` (which keeps
+            ``val/cer``): short clips, or long recordings with reference segments decoded as ``transcribe`` decodes
+            them, in another language, with the language left to the model (:mod:`whisper_lora_pl.evalsets`).
+            Metrics ``val/<name>/cer``, ... (:mod:`whisper_lora_pl.evalrun`).
     """
 
     def __init__(
@@ -107,6 +113,7 @@ class WhisperDataModule(L.LightningDataModule):
         pack_fill: Literal["mixed", "full"] = "mixed",
         timestamp_share: float = 0.0,
         augment: Augment = Augment(),
+        eval_sets: dict[str, EvalSet] | None = None,
     ) -> None:
         super().__init__()
         augment.check()
@@ -143,6 +150,8 @@ class WhisperDataModule(L.LightningDataModule):
         self.processor: WhisperProcessor | None = None
         self.max_label_length = 0  # the decoder's limit, read from the model's config in setup
         self.prepared: dict[Stage, PreparedSplit] = {}
+        self.eval_sets = {name: EvalSet(**s) if isinstance(s, dict) else s for name, s in (eval_sets or {}).items()}
+        self.eval_data: dict[str, LoadedSet] = {}  #: the sets read and checked, in setup
 
     def prepare_data(self) -> None:
         """One process per node: fetch the corpus and the processor into their caches (a local folder, or a
@@ -171,6 +180,11 @@ class WhisperDataModule(L.LightningDataModule):
             if name not in self.prepared and self.split_names[name]:
                 self.prepared[name] = self.prepare_split(name)
                 rank_zero_info(self.prepared[name].summary(f"{name} ({self.split_names[name]})"))
+        if (stage or "fit") in ("fit", "validate", "test"):
+            for name, spec in self.eval_sets.items():
+                if name not in self.eval_data:
+                    self.eval_data[name] = load_set(name, spec, self.max_duration)
+                    rank_zero_info(self.eval_data[name].summary())
         if "train" in self.prepared and self.augment.active and self.augmenter is None:
             clips = SpeechDataset(self.prepared["train"], self.processor.feature_extractor)
             folder = self.augment.noise_folder if self.augment.noise_prob else None
@@ -243,6 +257,13 @@ class WhisperDataModule(L.LightningDataModule):
             results = pool.map(probe, examples)
             bar = tqdm(results, total=len(examples), desc=f"checking {stage} audio", disable=len(examples) < 500)
             return list(bar)
+
+    def training_clip_seconds(self) -> float | None:
+        """The median duration of the training clips: how much speech a piece of long audio holds when the run
+        decodes it (``segments.at_pauses``); None without a training split."""
+        if "train" not in self.prepared or not self.prepared["train"].durations:
+            return None
+        return round(float(np.median(self.prepared["train"].durations)), 3)
 
     def dataset(self, stage: Stage) -> SpeechDataset:
         if stage not in self.prepared:

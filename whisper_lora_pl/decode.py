@@ -81,10 +81,21 @@ class Decoded:
     #: with timestamps: (start, end, text) per segment the model timed, seconds into the window; an end of None
     #: is a segment the window cut before the model closed it
     segments: list[tuple[float, float | None, str]] = field(default_factory=list, repr=False)
+    #: the language of the prompt it was decoded with: the one asked for, or the one the model detected
+    language: str | None = None
 
     def report(self) -> dict:
         """What evaluation files record per utterance."""
-        keep = ("budget", "hit_budget", "temperature", "compression_ratio", "avg_logprob", "looped", "attempts")
+        keep = (
+            "budget",
+            "hit_budget",
+            "temperature",
+            "compression_ratio",
+            "avg_logprob",
+            "looped",
+            "attempts",
+            "language",
+        )
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items() if k in keep} | {
             "new_tokens": len(self.tokens)
         }
@@ -261,7 +272,9 @@ class Decoder:
             temperature=temperature,  # Whisper's own argument: it samples exactly when this is above 0
             **self.prompt_kwargs(),
         )
-        new = out.sequences[:, out.sequences.shape[1] - len(out.logits) :]  # after the prompt
+        prompt_length = out.sequences.shape[1] - len(out.logits)
+        new = out.sequences[:, prompt_length:]  # after the prompt
+        languages = self._languages(out.sequences[:, :prompt_length])
         logprobs = torch.stack(out.logits, dim=1).float().log_softmax(-1).gather(-1, new[..., None])[..., 0]
         eos = self.model.generation_config.eos_token_id
         threshold = self.settings.compression_ratio_threshold
@@ -276,8 +289,20 @@ class Decoder:
             ratio = compression_ratio(text)
             looped = hit or (threshold is not None and ratio > threshold)
             segments = self.segments(kept) if self.timestamps else []
-            results.append(Decoded(text, kept, budget, hit, temperature, ratio, avg, looped, segments=segments))
+            decoded = Decoded(
+                text, kept, budget, hit, temperature, ratio, avg, looped, segments=segments, language=languages[row]
+            )
+            results.append(decoded)
         return results
+
+    def _languages(self, prompts: torch.Tensor) -> list[str | None]:
+        """Each row's language code from its prompt (``<|zh|>`` -> ``zh``): asked for, or detected by ``generate``
+        when the language was left to the model; None for English-only models, whose prompt names none."""
+        codes = {
+            int(i): token[2:-2]
+            for token, i in (getattr(self.model.generation_config, "lang_to_id", None) or {}).items()
+        }
+        return [next((codes[t] for t in row if t in codes), None) for row in prompts.tolist()]
 
     def segments(self, tokens: list[int]) -> list[tuple[float, float | None, str]]:
         """The timed segments of a decoding, OpenAI's format: ``<|start|> text <|end|>`` (a segment's end and the

@@ -46,6 +46,9 @@ class RunInfo:
     decoding: DecodingSettings = field(default_factory=DecodingSettings)
     #: the run trained on timestamp labels (``data.timestamp_share`` above 0): the model can time its own segments
     timestamps: bool = False
+    #: the median duration of the clips the run trained on (None when unknown): long audio is cut into pieces of
+    #: about this much speech, at pauses, unless the run decodes with timestamps (``segments.at_pauses``)
+    piece_seconds: float | None = None
 
     @classmethod
     def from_hparams(cls, hparams: dict) -> RunInfo:
@@ -63,6 +66,7 @@ class RunInfo:
             max_new_tokens=hparams.get("max_new_tokens", 448),
             decoding=DecodingSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in decoding.items()}),
             timestamps=hparams.get("timestamps", False),
+            piece_seconds=hparams.get("piece_seconds"),
         )
 
     @classmethod
@@ -187,7 +191,9 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tup
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     hparams = dict(checkpoint["hyper_parameters"])
     # a data setting, so not among the module's hyperparameters (LightningCLI re-applies those to its signature)
-    info = RunInfo.from_hparams({**hparams, "timestamps": checkpoint.get("timestamps", False)})
+    info = RunInfo.from_hparams(
+        {**hparams, "timestamps": checkpoint.get("timestamps", False), "piece_seconds": checkpoint.get("piece_seconds")}
+    )
     adapters = {key.removeprefix("model."): value for key, value in checkpoint["state_dict"].items()}
     return with_adapters(info, LoraSettings(**hparams["lora"]), adapters, device, str(path)), info
 

@@ -18,6 +18,7 @@ from transformers import WhisperProcessor, get_scheduler
 from whisper_lora_pl.collate import IGNORE_INDEX, has_clips
 from whisper_lora_pl.convert import resolve_model_name
 from whisper_lora_pl.decode import Decoded, Decoder, DecodingSettings
+from whisper_lora_pl.evalrun import evaluate_sets
 from whisper_lora_pl.features import FRAMES_PER_SECOND, set_feature_context
 from whisper_lora_pl.merging import merged_in_memory
 from whisper_lora_pl.model import (
@@ -151,6 +152,8 @@ class WhisperLoRA(L.LightningModule):
         self._loaded_step = 0  # global step of the checkpoint loaded for validate/test/predict
         #: (when, {metric: value}) after each validation pass; the full sanity check counts as "before training"
         self.eval_history: list[tuple[str, dict[str, float]]] = []
+        self._validations = 0  #: full validation passes so far (data.eval_sets' ``every`` counts them)
+        self._piece_seconds: float | None = None  #: read from a checkpoint (see piece_seconds)
 
     def configure_model(self) -> None:
         """Load the quantized base on this process's device; runs before the optimizer and checkpoint restore."""
@@ -385,6 +388,10 @@ class WhisperLoRA(L.LightningModule):
         name = "val-before-training" if self.trainer.sanity_checking else f"val-step{self.trained_steps}"
         values = {name: value.item() for name, value in self.val_rates.metrics.compute().items()}
         values |= self.tally.report("val", self.trainer.strategy, self.device, name)
+        self._validations += 1
+        sets = self._evaluate_sets("val", name, lambda every: (self._validations - 1) % every == 0)
+        self.log_dict(sets, batch_size=1)
+        values |= sets
         self.eval_history.append((when, values))
         rank_zero_info(f"{when}: " + "  ".join(f"{k} {v:.4g}" for k, v in values.items()))
         self.tally.write(self.trainer, name)
@@ -395,7 +402,7 @@ class WhisperLoRA(L.LightningModule):
     def on_fit_end(self) -> None:
         if len(self.eval_history) > 1 and self.eval_history[0][0] == "before training":
             (_, before), (when, after) = self.eval_history[0], self.eval_history[-1]
-            lines = [f"{k}: {before[k]:.4f} before training -> {after[k]:.4f} at {when}" for k in before]
+            lines = [f"{k}: {before[k]:.4f} before training -> {after[k]:.4f} at {when}" for k in before if k in after]
             rank_zero_info("\n".join(lines))
 
     def on_test_start(self) -> None:
@@ -412,6 +419,40 @@ class WhisperLoRA(L.LightningModule):
         self.tally.print_examples("test")
         self.tally.report("test", self.trainer.strategy, self.device, name)
         self.tally.write(self.trainer, name)
+        sets = self._evaluate_sets("test", name, lambda every: True)
+        self.log_dict(sets, batch_size=1)
+        if sets:
+            rank_zero_info("eval sets: " + "  ".join(f"{k} {v:.4g}" for k, v in sets.items()))
+
+    def _evaluate_sets(self, stage: str, when: str, due) -> dict[str, float]:
+        """``data.eval_sets`` whose turn it is (``due(every)``), decoded with this pass's decoder."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        sets = [s for s in getattr(datamodule, "eval_data", {}).values() if due(s.spec.every)]
+        if not sets:
+            return {}
+        log_dir = self.trainer.log_dir  # a collective: every rank asks
+        return evaluate_sets(
+            sets,
+            self.decoder,
+            self.processor.feature_extractor,
+            stage,
+            run_language=self.hparams.language,
+            long_timestamps=datamodule.timestamp_share > 0,
+            batch_size=datamodule.eval_batch_size,
+            piece_seconds=self.piece_seconds(),
+            world=self.trainer.world_size,
+            rank=self.trainer.global_rank,
+            device=self.device,
+            folder=Path(log_dir) / "predictions" if log_dir else None,
+            when=when,
+        )
+
+    def piece_seconds(self) -> float | None:
+        """How much speech a piece of long audio holds when this run decodes it: the median duration of the clips
+        it trains on (of the checkpoint's run in validate/test), written into checkpoints for transcribe."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        trained = datamodule.training_clip_seconds() if hasattr(datamodule, "training_clip_seconds") else None
+        return trained if trained is not None else self._piece_seconds
 
     def on_test_end(self) -> None:
         self._end_pass()
@@ -469,6 +510,7 @@ class WhisperLoRA(L.LightningModule):
         checkpoint["evaluation"] = self._evaluation_of_these_weights()
         datamodule = getattr(self.trainer, "datamodule", None)
         checkpoint["timestamps"] = getattr(datamodule, "timestamp_share", 0.0) > 0  # transcribe's default
+        checkpoint["piece_seconds"] = self.piece_seconds()  # transcribe's pieces of long audio
 
     def _evaluation_of_these_weights(self) -> dict | None:
         """The last validation if it scored the weights being saved (what export's model card reports)."""
@@ -493,6 +535,7 @@ class WhisperLoRA(L.LightningModule):
             raise KeyError(f"checkpoint lacks {len(missing)} adapter weights, e.g. {sorted(missing)[:3]}")
         self.skipped_steps = checkpoint.get("skipped_steps", 0)
         self._loaded_step = checkpoint.get("global_step", 0)
+        self._piece_seconds = checkpoint.get("piece_seconds")
         states = checkpoint.get("rng_states")
         if states and self._trainer is not None:
             if len(states) == self.trainer.world_size:

@@ -86,10 +86,8 @@ def vad_mask(wave: np.ndarray, rate: int, frames: int, threshold: float = 0.5) -
     return mask
 
 
-def split(
-    wave: np.ndarray, rate: int, max_seconds: float = 30.0, min_pause: float = 0.3, detector: Detector = "vad"
-) -> list[Segment]:
-    """Segments of at most ``max_seconds`` covering the whole wave, cut inside pauses."""
+def speech_frames(wave: np.ndarray, rate: int, detector: Detector = "vad") -> tuple[np.ndarray, np.ndarray]:
+    """Each 20 ms frame's level (dB) and whether it holds speech, by ``detector``."""
     levels = frame_levels(wave, rate)
     if detector == "vad":
         speech = vad_mask(wave, rate, len(levels))
@@ -99,6 +97,20 @@ def split(
         speech = np.ones(len(levels), dtype=bool)
     else:
         raise ValueError(f"detector must be one of {DETECTORS}, not {detector!r}")
+    return levels, speech
+
+
+def split(
+    wave: np.ndarray, rate: int, max_seconds: float = 30.0, min_pause: float = 0.3, detector: Detector = "vad"
+) -> list[Segment]:
+    """Segments of at most ``max_seconds`` covering the whole wave, cut inside pauses."""
+    levels, speech = speech_frames(wave, rate, detector)
+    return _split(wave, rate, levels, speech, max_seconds, min_pause)
+
+
+def _split(
+    wave: np.ndarray, rate: int, levels: np.ndarray, speech: np.ndarray, max_seconds: float, min_pause: float
+) -> list[Segment]:
     size = max(1, int(rate * FRAME_SECONDS))
     longest = max(1, int(max_seconds / FRAME_SECONDS))
     cuts, start = [0], 0
@@ -112,15 +124,69 @@ def split(
         start = lo + cut
         cuts.append(start)
     bounds = [c * size for c in cuts] + [len(wave)]
-    segments = []
-    for a, b in itertools.pairwise(bounds):
-        inside = np.flatnonzero(speech[a // size : -(-b // size)])
-        first, last = (inside[0], inside[-1] + 1) if len(inside) else (0, 0)
-        offset = a / rate
-        segments.append(
-            Segment(a, b, float(offset + first * FRAME_SECONDS), float(min(b / rate, offset + last * FRAME_SECONDS)))
-        )
+    return [_segment(speech, a, b, rate, size) for a, b in itertools.pairwise(bounds)]
+
+
+def _segment(speech: np.ndarray, a: int, b: int, rate: int, size: int) -> Segment:
+    """Samples ``[a, b)`` with the span of the speech frames inside them."""
+    inside = np.flatnonzero(speech[a // size : -(-b // size)])
+    first, last = (inside[0], inside[-1] + 1) if len(inside) else (0, 0)
+    offset = a / rate
+    return Segment(a, b, float(offset + first * FRAME_SECONDS), float(min(b / rate, offset + last * FRAME_SECONDS)))
+
+
+def at_pauses(
+    wave: np.ndarray,
+    rate: int,
+    piece_seconds: float,
+    max_seconds: float = 30.0,
+    min_pause: float = 0.3,
+    detector: Detector = "vad",
+    margin: float = 0.5,
+) -> list[Segment]:
+    """Pieces like the clips a model was trained on: the speech between pauses of at least ``min_pause``, joined to
+    the next only while the piece's speech stays within ``piece_seconds`` (so a model trained on one sentence per
+    clip is given one sentence, not 30 s of them), each with up to ``margin`` seconds of the pause on either side.
+    Speech without a pause for longer than ``max_seconds`` is cut as :func:`split` cuts it. Stretches without speech
+    are left out; audio without any is one segment without speech (``has_speech`` False)."""
+    levels, speech = speech_frames(wave, rate, detector)
+    size = max(1, int(rate * FRAME_SECONDS))
+    runs = _runs(speech, int(min_pause / FRAME_SECONDS))
+    if not runs:
+        return [Segment(0, len(wave), 0.0, 0.0)]
+    pieces: list[list[tuple[int, int]]] = [[runs[0]]]
+    for run in runs[1:]:
+        if (run[1] - pieces[-1][0][0]) * FRAME_SECONDS <= piece_seconds:
+            pieces[-1].append(run)
+        else:
+            pieces.append([run])
+    pad = int(margin / FRAME_SECONDS)
+    segments: list[Segment] = []
+    for n, piece in enumerate(pieces):
+        first, last = piece[0][0], piece[-1][1]
+        left = first - min(pad, (first - pieces[n - 1][-1][1]) // 2) if n else max(0, first - pad)
+        right = last + min(pad, (pieces[n + 1][0][0] - last) // 2) if n + 1 < len(pieces) else last + pad
+        a, b = left * size, min(len(wave), right * size)
+        if b - a <= max_seconds * rate:
+            segments.append(_segment(speech, a, b, rate, size))
+            continue
+        for inner in _split(wave[a:b], rate, levels[left:right], speech[left:right], max_seconds, min_pause):
+            segments.append(
+                Segment(a + inner.start, a + inner.end, inner.speech_start + a / rate, inner.speech_end + a / rate)
+            )
     return segments
+
+
+def _runs(speech: np.ndarray, shortest_pause: int) -> list[tuple[int, int]]:
+    """Frames ``[start, end)`` of speech, runs closer than ``shortest_pause`` frames joined."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], speech.astype(np.int8), [0]])))
+    runs: list[tuple[int, int]] = []
+    for start, end in zip(edges[::2], edges[1::2], strict=True):
+        if runs and start - runs[-1][1] < shortest_pause:
+            runs[-1] = (runs[-1][0], int(end))
+        else:
+            runs.append((int(start), int(end)))
+    return runs
 
 
 def _longest_pause(speech: np.ndarray, shortest: int) -> int | None:

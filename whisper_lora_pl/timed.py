@@ -146,6 +146,7 @@ def _advance(cursor: _Cursor, piece: np.ndarray, outcome: Decoded, first_timesta
                 "text": text,
                 "looped": outcome.looped,
                 "temperature": outcome.temperature,
+                "language": outcome.language,
             }
         )
     cursor.seek += round(resume * SAMPLING_RATE) if resume >= 1.0 else len(piece)  # always forward

@@ -28,36 +28,24 @@ if __name__ == "__main__":  # before the imports below: bitsandbytes logs a noti
 import argparse
 import json
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-import torch
 from peft import PeftConfig, PeftModel
-from tqdm.auto import tqdm
 from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
 from whisper_lora_pl import cues
-from whisper_lora_pl.audio import AUDIO_SUFFIXES, SAMPLING_RATE, AudioError, load_audio
+from whisper_lora_pl.audio import AUDIO_SUFFIXES
 from whisper_lora_pl.convert import resolve_model_name
 from whisper_lora_pl.decode import Decoder
-from whisper_lora_pl.features import log_mel
+from whisper_lora_pl.longform import Sink, Transcripts, transcribe
 from whisper_lora_pl.merging import DTYPES, RunInfo, load_checkpoint, processor_for, trained_base
 from whisper_lora_pl.model import make_dynamic
-from whisper_lora_pl.segments import DETECTORS, Detector, Segment, split
-from whisper_lora_pl.text import CHINESE
-from whisper_lora_pl.timed import sequential
+from whisper_lora_pl.segments import DETECTORS
+
+__all__ = ["Sink", "Transcripts", "Writer", "decoder_for", "find_audio", "load_model", "main", "srt", "transcribe"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Transcripts:
-    """What a run produced: one record per transcribed file, and the files that failed with why."""
-
-    records: list[dict] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)
 
 
 def find_audio(inputs: list[str | Path]) -> list[Path]:
@@ -114,173 +102,6 @@ def decoder_for(
     task = info.task or ("transcribe" if language else None)
     model.eval()
     return Decoder(model, processor.tokenizer, language, task, info.num_beams, info.max_new_tokens, info.decoding)
-
-
-@dataclass
-class _Piece:
-    file: int
-    segment: Segment
-    features: np.ndarray
-    seconds: float
-
-
-Sink = Callable[[dict], None]
-
-
-def transcribe(
-    files: list[Path],
-    decoder: Decoder,
-    feature_extractor,
-    batch_size: int = 8,
-    max_segment: float | None = None,
-    group: int = 32,
-    sink: Sink | None = None,
-    speech: Detector = "vad",
-) -> Transcripts:
-    """Decode every readable file, in pieces of at most ``max_segment`` seconds (by default the model's encoder
-    context, which the feature extractor pads to). Pieces are decoded ``batch_size`` at a time, longest first
-    within each group of ``group`` batches (similar lengths finish together; a group's features are about 1 MB a
-    piece at 30 s).
-
-    ``sink`` gets each file's record (or ``{"path", "error"}``) as soon as the file is finished, so a crash or a kill
-    loses only the files of the group in flight. A batch that fails to decode is decoded again clip by clip: only
-    the file whose piece fails gets an error record. ``result.records`` keep the order of ``files``. ``speech``
-    names the detector of where speech is (``segments.split``); pieces without speech are not decoded."""
-    context = feature_extractor.n_samples / feature_extractor.sampling_rate
-    if max_segment is None:
-        max_segment = context
-    if not 0 < max_segment <= context:
-        raise ValueError(f"max_segment must be in (0, {context:g}]: the model's encoder sees {context:g} s")
-    result = Transcripts()
-    files_out = _Files(decoder, result, sink or (lambda record: None))
-    if decoder.timestamps:  # the model times its own segments, window after window
-        # a window holds many sentences: bounded by its duration's budget alone, not by the run's max_new_tokens,
-        # which was sized for evaluation clips (the demo's 40 cut a packed model's windows to a third); at the whole
-        # window, as transformers and faster-whisper decode long audio (timed.py)
-        decoder = replace(decoder, max_new_tokens=int(decoder.model.config.max_target_positions), whole_windows=True)
-        for start in range(0, len(files), batch_size * group):
-            _timed(files[start : start + batch_size * group], decoder, feature_extractor, batch_size, speech, files_out)
-        result.records.sort(key=lambda record: files_out.order[record["path"]])
-        return result
-    pending: list[_Piece] = []
-    with tqdm(desc="transcribing", unit="clip") as bar:
-        for path in files:
-            try:
-                wave = load_audio(path)
-                segments = split(wave, SAMPLING_RATE, max_segment, detector=speech)
-                pieces = [wave[segment.start : segment.end] for segment in segments]
-                features = [log_mel(feature_extractor, piece) for piece in pieces]  # checks every piece's input
-                # a stretch without speech is not decoded: Whisper makes up text for silence and noise
-                kept = [i for i, segment in enumerate(segments) if segment.has_speech]
-                segments, pieces, features = ([items[i] for i in kept] for items in (segments, pieces, features))
-            except AudioError as err:
-                log.warning("skipping %s: %s", path, err)
-                files_out.fail(path, str(err) if str(path) in str(err) else f"{path}: {err}")
-                continue
-            file = files_out.add(path, len(wave) / SAMPLING_RATE, len(segments))
-            for segment, piece, feature in zip(segments, pieces, features, strict=True):
-                pending.append(_Piece(file, segment, feature, len(piece) / SAMPLING_RATE))
-            if len(pending) >= batch_size * group:
-                _decode(pending, decoder, batch_size, files_out, bar)
-                pending = []
-        _decode(pending, decoder, batch_size, files_out, bar)
-    result.records.sort(key=lambda record: files_out.order[record["path"]])
-    return result
-
-
-def _timed(files: list[Path], decoder: Decoder, feature_extractor, batch_size: int, speech: Detector, out) -> None:
-    """``timed.sequential`` over the readable ``files``, each filed as it finishes."""
-
-    def finish(path: Path, duration: float, chunks: list[dict], error: str | None) -> None:
-        file = out.add(path, duration, len(chunks) + (error is not None))
-        for chunk in chunks:
-            out.piece_done(file, chunk)
-        if error is not None:
-            out.piece_done(file, None, error)
-
-    readable = []
-    for path in files:
-        try:
-            readable.append((path, load_audio(path)))
-        except AudioError as err:
-            log.warning("skipping %s: %s", path, err)
-            out.fail(path, str(err) if str(path) in str(err) else f"{path}: {err}")
-    with tqdm(desc="transcribing", unit="window") as bar:
-        sequential(readable, decoder, feature_extractor, finish, batch_size, speech, bar.update)
-
-
-class _Files:
-    """The files under way: their chunks as pieces are decoded, and their record once the last one is in."""
-
-    def __init__(self, decoder: Decoder, result: Transcripts, sink: Sink) -> None:
-        self.joiner = "" if (decoder.language or "") in CHINESE | {"ja"} else " "
-        self.result, self.sink = result, sink
-        self.paths: list[tuple[Path, float]] = []
-        self.chunks: list[list[dict]] = []
-        self.left: list[int] = []  # pieces not yet decoded, per file
-        self.errors: dict[int, str] = {}
-        self.order: dict[str, int] = {}
-
-    def add(self, path: Path, duration: float, pieces: int) -> int:
-        """A file of ``pieces`` pieces to decode; with none (no speech), its empty record is filed at once."""
-        file = len(self.paths)
-        self.order[str(path)] = file
-        self.paths.append((path, duration))
-        self.chunks.append([])
-        self.left.append(pieces)
-        if not pieces:
-            self._finish(file)
-        return file
-
-    def fail(self, path: Path, error: str) -> None:
-        self.result.failed[str(path)] = error
-        self.sink({"path": str(path), "error": error})
-
-    def piece_done(self, file: int, chunk: dict | None, error: str | None = None) -> None:
-        if error is not None:
-            self.errors.setdefault(file, error)
-        else:
-            self.chunks[file].append(chunk)
-        self.left[file] -= 1
-        if not self.left[file]:
-            self._finish(file)
-
-    def _finish(self, file: int) -> None:
-        path, duration = self.paths[file]
-        if file in self.errors:
-            log.warning("%s failed: %s", path, self.errors[file])
-            self.fail(path, f"{path}: decoding failed: {self.errors[file]}")
-            return
-        chunks = sorted(self.chunks[file], key=lambda c: c["start"])
-        text = self.joiner.join(c["text"] for c in chunks if c["text"])
-        looped = any(c["looped"] for c in chunks)
-        record = {"path": str(path), "duration": round(duration, 3), "text": text, "looped": looped, "chunks": chunks}
-        self.result.records.append(record)
-        self.sink(record)
-
-
-def _decode(pieces: list[_Piece], decoder: Decoder, batch_size: int, files: _Files, bar) -> None:
-    """Decode pieces longest first and file each result as a chunk of its file."""
-    pieces = sorted(pieces, key=lambda p: -p.seconds)
-    bar.total = (bar.total or 0) + len(pieces)
-    for start in range(0, len(pieces), batch_size):
-        batch = pieces[start : start + batch_size]
-        features = torch.from_numpy(np.stack([p.features for p in batch]))
-        for piece, outcome in zip(
-            batch, decoder.isolating(features, [p.seconds for p in batch], "--batch-size"), strict=True
-        ):
-            if isinstance(outcome, Exception):
-                files.piece_done(piece.file, None, f"{type(outcome).__name__}: {outcome}")
-                continue
-            chunk = {
-                "start": round(piece.segment.speech_start, 3),
-                "end": round(piece.segment.speech_end, 3),
-                "text": outcome.text.strip(),
-                "looped": outcome.looped,
-                "temperature": outcome.temperature,
-            }
-            files.piece_done(piece.file, chunk)
-        bar.update(len(batch))
 
 
 def srt(chunks: list[dict], max_seconds: float = cues.MAX_SECONDS, max_width: float = cues.MAX_WIDTH) -> str:
@@ -390,6 +211,13 @@ def model_arguments(parser: argparse.ArgumentParser) -> None:
         "with data.timestamp_share), or from the pauses --speech finds (default: model if the run trained on "
         "timestamps, else pauses)",
     )
+    parser.add_argument(
+        "--piece-seconds",
+        type=float,
+        help="cut long audio at every pause once a piece holds this many seconds of speech (default: the median "
+        "length of the run's training clips, so a model trained on one sentence per clip hears one at a time; 0: "
+        "only where a piece would pass --max-segment); not with --timestamps model, which decodes whole windows",
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--dtype", choices=list(DTYPES), help="cast the model (e.g. float16 on a GPU)")
 
@@ -405,6 +233,8 @@ def decoder_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace)
         info = replace(info, task=args.task)
     decoder = decoder_for(model, processor, info, args.language)
     decoder.timestamps = (args.timestamps or ("model" if info.timestamps else "pauses")) == "model"
+    if args.piece_seconds is None:  # the run's: written into args, which transcribe and the page pass on
+        args.piece_seconds = info.piece_seconds
     return decoder, processor
 
 
@@ -449,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
             args.max_segment,
             sink=writer,
             speech=args.speech,
+            piece_seconds=args.piece_seconds or None,
         )
     except KeyboardInterrupt:
         print(f"interrupted: the files finished so far are in {args.out / 'transcripts.jsonl'}; --resume goes on")

@@ -1,0 +1,112 @@
+"""The demo's whole picture: in-domain clips, Mandarin and English long files, language identification, per setting
+and seed, with the medians in one Markdown table (the figures behind the demo's defaults, docs/evaluation.md).
+
+    python benchmarks/retention.py --seeds 0 1 2 --settings shipped ts25 ts50
+
+Each run is ``configs/demo.yaml`` (with its ``data.eval_sets``) in a child process, without checkpoints or the pass
+before training; its last validation line is read back. ``--base`` adds the base model itself, validated twice: with
+the run's decoding (the dynamic encoder: what the "before training" line shows) and with the padded 30 s encoder
+(the base as transformers and faster-whisper users run it, the figure a retention target is taken against).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+SETTINGS = {
+    "shipped": [],
+    "ts25": ["--data.timestamp_share=0.25"],
+    "ts50": ["--data.timestamp_share=0.5"],
+    "packed": ["--data.pack_windows=true", "--data.timestamp_share=1.0"],
+}
+COLUMNS = [
+    ("clip CER", "val/cer"),
+    ("zh-long CER", "val/zh-long/cer"),
+    ("zh-long cue CER", "val/zh-long/cue_cer"),
+    ("zh-long start/end median s", ("val/zh-long/cue_start_median", "val/zh-long/cue_end_median")),
+    ("zh-long cues/sentence", "val/zh-long/cues_per_segment"),
+    ("en-long CER", "val/en-long/cer"),
+    ("en-long WER", "val/en-long/wer"),
+    ("en-long start/end median s", ("val/en-long/cue_start_median", "val/en-long/cue_end_median")),
+    ("en language ID", "val/en-detect/language_accuracy"),
+    ("zh language ID", "val/zh-detect/language_accuracy"),
+]
+
+
+def run(folder: Path, subcommand: str, extra: list[str]) -> tuple[dict[str, float], float]:
+    """The metrics of the last validation line of ``train.py SUBCOMMAND``, and its wall time in seconds."""
+    args = [
+        sys.executable,
+        str(REPO / "train.py"),
+        subcommand,
+        "--config",
+        str(REPO / "configs" / "demo.yaml"),
+        f"--trainer.default_root_dir={folder}",
+        "--trainer.enable_progress_bar=false",
+        *extra,
+    ]
+    began = time.perf_counter()
+    done = subprocess.run(args, cwd=REPO, capture_output=True, text=True)
+    took = time.perf_counter() - began
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(args)} failed:\n{done.stderr[-3000:]}")
+    lines = [line for line in done.stdout.splitlines() + done.stderr.splitlines() if "val/cer " in line]
+    values = dict(re.findall(r"(val/\S+) (\S+)", lines[-1]))
+    return {k: float(v) for k, v in values.items()}, took
+
+
+def cell(values: list[dict[str, float]], key) -> str:
+    if isinstance(key, tuple):
+        return " / ".join(cell(values, k) for k in key)
+    found = [v[key] for v in values if key in v]
+    if not found:
+        return "-"
+    median = statistics.median(found)
+    return f"{median:.3f}" + (f" ({min(found):.3f}-{max(found):.3f})" if len(found) > 1 else "")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--settings", nargs="+", default=["shipped", "ts25", "ts50"], choices=list(SETTINGS))
+    parser.add_argument("--base", action="store_true", help="also the base model, both ways")
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "retention")
+    args = parser.parse_args()
+    rows: list[tuple[str, list[dict[str, float]], list[float]]] = []
+    if args.base:
+        for name, extra in (("base, the run's decoding", []), ("base, padded 30 s", ["--model.encoder_length=padded"])):
+            values, took = run(args.out / "base", "validate", extra)
+            rows.append((name, [values], [took]))
+            print(f"{name}: {values}", flush=True)
+    for setting in args.settings:
+        results, times = [], []
+        for seed in args.seeds:
+            extra = [
+                f"--seed_everything={seed}",
+                "--trainer.num_sanity_val_steps=0",
+                "--trainer.enable_checkpointing=false",
+                "--trainer.callbacks=[]",
+                *SETTINGS[setting],
+            ]
+            values, took = run(args.out / f"{setting}-{seed}", "fit", extra)
+            results.append(values)
+            times.append(took)
+            print(f"{setting} seed {seed} ({took:.0f} s): {values}", flush=True)
+        rows.append((setting, results, times))
+    print("\n| setting | " + " | ".join(name for name, _ in COLUMNS) + " | run s |")
+    print("|---" * (len(COLUMNS) + 2) + "|")
+    for name, results, times in rows:
+        cells = [cell(results, key) for _, key in COLUMNS]
+        print(f"| {name} | " + " | ".join(cells) + f" | {statistics.median(times):.0f} |")
+
+
+if __name__ == "__main__":
+    main()
