@@ -151,3 +151,33 @@ def test_the_guard_keeps_the_first_good_attempt_else_the_best(tiny, monkeypatch)
     attempts = iter([[result("unsure", 0.0, False, -1.5)], [result("loop", 0.2, True, -0.1)]])
     monkeypatch.setattr(strict, "_generate", lambda f, b, t: next(attempts, [result("worse", t, False, -3.0)]))
     assert strict(features(1), [1.0])[0].text == "unsure"
+
+
+def test_other_languages_go_to_the_base(tiny, tmp_path):
+    """``route``: a language other than the trained one is decoded by the base, the trained one by the fine-tuned
+    model; left to the model (auto), the base detects, and only its rows in the trained language go to the
+    fine-tuned model. Every result says its language."""
+    from whisper_lora_pl.convert import tiny_whisper
+
+    tuned, processor = tiny
+    base = WhisperForConditionalGeneration.from_pretrained(tiny_whisper(tmp_path / "base", seed=1)).eval()
+    x, seconds = features(4), [3.0] * 4
+
+    def decode(model, language):
+        return Decoder(model, processor.tokenizer, language, "transcribe", max_new_tokens=6, settings=SETTINGS)
+
+    detected = decode(base, "auto")(x, seconds)
+    trained = detected[0].language  # the base's detection of row 0 counts as the trained language
+    assert trained and all(d.language for d in detected)
+    routed = Decoder(tuned, processor.tokenizer, "auto", "transcribe", max_new_tokens=6,
+                     settings=SETTINGS, route=(base, trained))  # fmt: skip
+    tuned_rows = decode(tuned, trained)(x, seconds)
+    for row, result in enumerate(routed(x, seconds)):
+        expected = tuned_rows[row] if detected[row].language == trained else detected[row]
+        assert (result.tokens, result.language) == (expected.tokens, expected.language), row
+    assert tuned_rows[0].tokens != detected[0].tokens  # the two models differ, so the routing is seen
+    other = "en" if trained != "en" else "fr"
+    routed.language = other
+    assert [r.tokens for r in routed(x, seconds)] == [r.tokens for r in decode(base, other)(x, seconds)]
+    routed.language = trained
+    assert [r.tokens for r in routed(x, seconds)] == [r.tokens for r in tuned_rows]

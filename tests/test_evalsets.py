@@ -111,6 +111,10 @@ def test_pieces_hold_one_sentence_when_the_run_trained_on_one():
     joined = at_pauses(wave, 16_000, 7.5, detector="energy")  # 3 + 0.8 + 3 = 6.8 fits, then 2 + 0.6 + 3 = 5.6
     assert [(round(p.speech_start, 1), round(p.speech_end, 1)) for p in joined] == [(0.5, 7.3), (8.5, 14.1)]
     assert at_pauses(np.zeros(16_000 * 3, np.float32), 16_000, 4.0, detector="energy")[0].has_speech is False
+    # a file no longer than the longest training clip is decoded whole, as an evaluation clip is
+    short, _ = sentences_with_pauses([2.0, 2.0], [0.5])
+    assert len(at_pauses(short, 16_000, 2.5, detector="energy")) == 2
+    assert len(at_pauses(short, 16_000, 2.5, detector="energy", whole_seconds=6.0)) == 1
 
 
 @pytest.mark.slow
@@ -167,7 +171,8 @@ def test_a_fits_set_figures_equal_a_separate_test_of_its_checkpoint(tiny_model, 
     fit = main(["fit", *args, "--trainer.num_sanity_val_steps=0"])
     validated = {k: float(v) for k, v in fit.trainer.callback_metrics.items() if k.startswith("val/")}
     checkpoint = next(tmp_path.glob("**/checkpoints/*.ckpt"))
-    assert torch.load(checkpoint, weights_only=True)["piece_seconds"] == pytest.approx(1.125)  # median of 1, 1, 1.25, 1.5 s
+    saved = torch.load(checkpoint, weights_only=True)
+    assert (saved["piece_seconds"], saved["whole_seconds"]) == pytest.approx((1.125, 1.5))  # of 1, 1, 1.25, 1.5 s
     test = main(["test", *args, f"--ckpt_path={checkpoint}"])
     tested = {k: float(v) for k, v in test.trainer.callback_metrics.items() if k.startswith("test/")}
     for name in ("clips/cer", "clips/clips", "clips/language_accuracy", "talks/cer", "talks/files", "talks/skipped",
@@ -177,3 +182,40 @@ def test_a_fits_set_figures_equal_a_separate_test_of_its_checkpoint(tiny_model, 
     assert validated["val/talks/skipped"] == 1  # gone.wav: counted, not a crash
     records = [json.loads(line) for line in next(tmp_path.glob("**/predictions/talks-test-*.jsonl")).open()]
     assert [r["id"] for r in records] == ["long.wav"] and records[0]["segments"] == 2
+
+
+def test_the_model_card_shows_the_base_beside_the_fine_tuned_model_on_every_set():
+    from whisper_lora_pl.export import set_table
+
+    evaluation = {
+        "cer": 0.583,
+        "sets": {"val/en-long/cer": 0.531, "val/en-long/looped": 0.0, "val/en-detect/language_accuracy": 0.0},
+        "before": {"val/cer": 2.127, "val/en-long/cer": 0.339, "val/en-detect/language_accuracy": 0.833},
+    }
+    assert set_table(evaluation)[1:] == [
+        "| evaluation set: figure | base (before training) | fine-tuned |",
+        "| --- | --- | --- |",
+        "| validation split: cer | 2.127 | 0.583 |",
+        "| en-detect: language_accuracy | 0.833 | 0.000 |",
+        "| en-long: cer | 0.339 | 0.531 |",
+        "",
+    ]
+    assert set_table({"cer": 0.5}) == []
+
+
+def test_transcribe_records_the_language_of_each_cue_and_file(tiny_model, tmp_path):
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    from whisper_lora_pl.decode import Decoder
+    from whisper_lora_pl.longform import transcribe
+
+    model = WhisperForConditionalGeneration.from_pretrained(tiny_model).eval()
+    processor = WhisperProcessor.from_pretrained(tiny_model)
+    wave, _ = sentences_with_pauses([1.5, 1.0], [0.7])
+    sf.write(tmp_path / "two.wav", wave, 16_000)
+    for language in ("zh", "auto"):
+        decoder = Decoder(model, processor.tokenizer, language, "transcribe", max_new_tokens=4)
+        (record,) = transcribe([tmp_path / "two.wav"], decoder, processor.feature_extractor, speech="energy",
+                               piece_seconds=1.0).records  # fmt: skip
+        assert len(record["chunks"]) == 2 and all(c["language"] for c in record["chunks"])
+        assert record["language"] == (language if language != "auto" else record["chunks"][0]["language"])

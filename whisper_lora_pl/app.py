@@ -56,10 +56,11 @@ class Transcriber:
         max_segment: float | None = None,
         speech: Detector = "vad",
         piece_seconds: float | None = None,
+        whole_seconds: float = 0.0,
     ) -> None:
         self.decoder, self.feature_extractor = decoder, feature_extractor
         self.folder, self.batch_size, self.max_segment, self.speech = folder, batch_size, max_segment, speech
-        self.piece_seconds = piece_seconds
+        self.piece_seconds, self.whole_seconds = piece_seconds, whole_seconds
         self.count = 0
 
     def __call__(self, path: str | None) -> Result:
@@ -74,6 +75,7 @@ class Transcriber:
             self.max_segment,
             speech=self.speech,
             piece_seconds=self.piece_seconds,
+            whole_seconds=self.whole_seconds,
         )
         name = Path(path).name
         if result.failed:
@@ -147,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             args.max_segment,
             args.speech,
             args.piece_seconds or None,
+            args.whole_seconds,
         )
         source = args.model or args.adapter or args.checkpoint
         page = build(transcriber, f"whisper-lora-pl: {Path(source).name}")

@@ -258,12 +258,14 @@ class WhisperDataModule(L.LightningDataModule):
             bar = tqdm(results, total=len(examples), desc=f"checking {stage} audio", disable=len(examples) < 500)
             return list(bar)
 
-    def training_clip_seconds(self) -> float | None:
-        """The median duration of the training clips: how much speech a piece of long audio holds when the run
-        decodes it (``segments.at_pauses``); None without a training split."""
+    def training_clip_seconds(self) -> tuple[float, float] | None:
+        """The median and the longest duration of the training clips: how much speech a piece of long audio holds
+        when the run decodes it, and the longest file it decodes whole (``segments.at_pauses``); None without a
+        training split."""
         if "train" not in self.prepared or not self.prepared["train"].durations:
             return None
-        return round(float(np.median(self.prepared["train"].durations)), 3)
+        durations = self.prepared["train"].durations
+        return round(float(np.median(durations)), 3), round(float(max(durations)), 3)
 
     def dataset(self, stage: Stage) -> SpeechDataset:
         if stage not in self.prepared:

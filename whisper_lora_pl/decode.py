@@ -26,6 +26,7 @@ import math
 import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
+from typing import Literal
 
 import torch
 from transformers import GenerationConfig, PreTrainedTokenizerBase
@@ -51,6 +52,12 @@ class DecodingSettings:
         logprob_threshold: an output whose average token log-probability is below this is retried too (OpenAI
             uses -1.0; off by default, see the module docstring).
         seed: seed of the fallback's sampling.
+        other_languages: ``adapters`` decodes every language with the fine-tuned model; ``base`` routes speech in
+            another language than the trained one to the base (the adapters off), which knows it as it did before
+            fine-tuning: audio with another language given (``--language en``) goes to the base, and with the
+            language left to the model (``auto``) the base detects it and the trained language alone goes to the
+            adapters. Needs the base beside the merged weights: the evaluation, ``transcribe --checkpoint`` and
+            ``--adapter`` have it; a merged folder or a CTranslate2 export cannot carry it.
     """
 
     tokens_per_second: float = 15.0
@@ -59,6 +66,7 @@ class DecodingSettings:
     compression_ratio_threshold: float | None = 2.4
     logprob_threshold: float | None = None
     seed: int = 0
+    other_languages: Literal["adapters", "base"] = "adapters"
 
     def budget(self, seconds: float, cap: int) -> int:
         """Tokens a clip of ``seconds`` may write, at most ``cap``."""
@@ -132,6 +140,9 @@ class Decoder:
     #: give a dynamic encoder the whole window, never a cut one: long audio's windows, which transformers' and
     #: faster-whisper's long-form decoding pad to the full window (``transcribe --timestamps model`` sets it)
     whole_windows: bool = False
+    #: (the base model, the language the adapters were trained on): speech in another language is decoded by the
+    #: base (``DecodingSettings.other_languages: base``); None decodes every language with ``model``
+    route: tuple[torch.nn.Module, str] | None = None
 
     def __post_init__(self) -> None:
         # each batch's length comes from its budgets; a length in the model's generation config (an exported
@@ -159,6 +170,8 @@ class Decoder:
         the clips of each cut length (their own duration rounded up to a second) are decoded together, so a
         clip's encoder input, and its text, never depend on the clips that share its batch: the evaluation's CER
         does not move with the batch size, and ``transcribe`` of one file gives the evaluation's text."""
+        if self.route is not None:
+            return self._routed(input_features, durations)
         cut = self._cut()
         if cut is None:
             return self._decode(input_features, durations)
@@ -168,6 +181,20 @@ class Decoder:
             rows = [row for row, own in enumerate(lengths) if own == length]
             decoded = self._decode(input_features[rows], [durations[row] for row in rows])
             for row, result in zip(rows, decoded, strict=True):
+                results[row] = result
+        return results
+
+    def _routed(self, input_features: torch.Tensor, durations: Sequence[float]) -> list[Decoded]:
+        """Speech in the trained language through the adapters, any other through the base (``route``)."""
+        base_model, trained = self.route
+        base = replace(self, model=base_model, route=None)
+        tuned = replace(self, route=None, language=trained)
+        if self.language != "auto":
+            return (tuned if self.language == trained else base)(input_features, durations)
+        results = base(input_features, durations)  # the base detects, and decodes what is not the trained language
+        rows = [row for row, result in enumerate(results) if result.language == trained]
+        if rows:
+            for row, result in zip(rows, tuned(input_features[rows], [durations[r] for r in rows]), strict=True):
                 results[row] = result
         return results
 

@@ -47,6 +47,7 @@ def evaluate_sets(
     long_timestamps: bool = False,
     batch_size: int,
     piece_seconds: float | None,
+    whole_seconds: float = 0.0,
     world: int = 1,
     rank: int = 0,
     device: torch.device | str = "cpu",
@@ -64,7 +65,8 @@ def evaluate_sets(
         rates = ErrorRates(language, prefix=prefix).to(device)
         if loaded.spec.kind == "long":
             set_decoder.timestamps = long_timestamps
-            records, found = _long(loaded, set_decoder, feature_extractor, language, rates, batch_size, piece_seconds,
+            pieces = (None, 0.0) if long_timestamps else (piece_seconds, whole_seconds)
+            records, found = _long(loaded, set_decoder, feature_extractor, language, rates, batch_size, pieces,
                                    world, rank)  # fmt: skip
         else:
             records, found = _clips(loaded, set_decoder, feature_extractor, language, rates, batch_size, world, rank)
@@ -121,7 +123,7 @@ def _clips(loaded, decoder, extractor, language, rates, batch_size, world, rank)
     return records, {"skipped": skipped}
 
 
-def _long(loaded, decoder, extractor, language, rates, batch_size, piece_seconds, world, rank) -> tuple[list, dict]:
+def _long(loaded, decoder, extractor, language, rates, batch_size, pieces, world, rank) -> tuple[list, dict]:
     mine = loaded.files[rank::world]
     joiner = "" if (language or "") in CHINESE | {"ja"} else " "
     result = transcribe(
@@ -130,7 +132,8 @@ def _long(loaded, decoder, extractor, language, rates, batch_size, piece_seconds
         extractor,
         batch_size,
         speech=loaded.spec.speech,
-        piece_seconds=None if decoder.timestamps else piece_seconds,
+        piece_seconds=pieces[0],
+        whole_seconds=pieces[1],
     )
     by_path = {record["path"]: record for record in result.records}
     records: list[dict] = []

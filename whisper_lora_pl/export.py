@@ -190,6 +190,26 @@ def card_metadata(info: RunInfo, part: str, evaluation: dict | None = None) -> s
     return f"---\n{data.to_yaml()}\n---\n"
 
 
+#: the figures of each evaluation set the model card shows (data.eval_sets), in this order
+CARD_METRICS = ("cer", "wer", "cue_cer", "cue_start_median", "cue_end_median", "cues_per_segment", "language_accuracy")
+
+
+def set_table(evaluation: dict) -> list[str]:
+    """Markdown rows of every evaluation set's figures, the base's (before training) beside the fine-tuned ones."""
+    sets, before = evaluation.get("sets") or {}, evaluation.get("before") or {}
+    keys = [k for k in sets if k.rsplit("/", 1)[1] in CARD_METRICS]
+    if not keys:
+        return []
+    keys.sort(key=lambda k: (k.split("/")[1], CARD_METRICS.index(k.rsplit("/", 1)[1])))
+    rows = ["", "| evaluation set: figure | base (before training) | fine-tuned |", "| --- | --- | --- |"]
+    for key in ["val/cer", *keys]:
+        value = evaluation["cer"] if key == "val/cer" else sets[key]
+        base = f"{before[key]:.3f}" if key in before else "-"
+        name = "validation split: cer" if key == "val/cer" else ": ".join(key.split("/")[1:])
+        rows.append(f"| {name} | {base} | {value:.3f} |")
+    return [*rows, ""]
+
+
 def model_card(info: RunInfo, part: str, evaluation: dict | None = None) -> str:
     """README.md of an exported folder: the Hub's metadata, what it was trained on, how it scored and how to decode
     it as it was evaluated."""
@@ -200,6 +220,7 @@ def model_card(info: RunInfo, part: str, evaluation: dict | None = None) -> str:
         e = evaluation
         where = f"split `{e['split']}` ({e['clips']:.0f} clips)"
         scored = [f"- evaluation at step {e['step']}, {where}: CER {e['cer']:.4f}, WER {e['wer']:.4f}"]
+        scored += set_table(e)
     dynamic = "each training batch cut after its longest clip, each clip decoded at its own length"
     encoder = "padded to the context" if info.encoder_length == "padded" else dynamic
     lines = [
@@ -225,6 +246,17 @@ def model_card(info: RunInfo, part: str, evaluation: dict | None = None) -> str:
         "```",
         "",
     ]
+    if d.other_languages == "base":
+        lines += [
+            "The run decoded speech in other languages with the base (`decoding.other_languages: base`, the "
+            "evaluation's figures above): `transcribe --adapter` and `--checkpoint` do too; "
+            + (
+                "this merged folder holds no base, so it decodes every language with the fine-tuned weights."
+                if part == "merged"
+                else "the merged folder and a CTranslate2 export cannot (they hold no base)."
+            ),
+            "",
+        ]
     if part == "merged":
         lines += [
             "With `transformers` alone: this folder's `generation_config.json` holds the language, the task and "

@@ -55,6 +55,7 @@ def transcribe(
     sink: Sink | None = None,
     speech: Detector = "vad",
     piece_seconds: float | None = None,
+    whole_seconds: float = 0.0,
 ) -> Transcripts:
     """Decode every readable file, in pieces of at most ``max_segment`` seconds (by default the model's encoder
     context, which the feature extractor pads to). Pieces are decoded ``batch_size`` at a time, longest first
@@ -68,7 +69,8 @@ def transcribe(
     ``piece_seconds`` (the length of the clips the model trained on, ``RunInfo.piece_seconds``): cut at every pause
     once a piece's speech would pass it (``segments.at_pauses``), not only when it would pass ``max_segment``; a run
     trained on one sentence per clip then decodes one sentence at a time instead of writing one sentence for
-    30 s of them. Decoding with the model's timestamps (``decoder.timestamps``) keeps whole windows."""
+    30 s of them; a file no longer than ``whole_seconds`` (the longest training clip) is decoded whole, as an
+    evaluation clip. Decoding with the model's timestamps (``decoder.timestamps``) keeps whole windows."""
     context = feature_extractor.n_samples / feature_extractor.sampling_rate
     if max_segment is None:
         max_segment = context
@@ -91,7 +93,9 @@ def transcribe(
             try:
                 wave = load_audio(path)
                 if piece_seconds:
-                    segments = at_pauses(wave, SAMPLING_RATE, piece_seconds, max_segment, detector=speech)
+                    segments = at_pauses(
+                        wave, SAMPLING_RATE, piece_seconds, max_segment, detector=speech, whole_seconds=whole_seconds
+                    )
                 else:
                     segments = split(wave, SAMPLING_RATE, max_segment, detector=speech)
                 pieces = [wave[segment.start : segment.end] for segment in segments]

@@ -49,6 +49,8 @@ class RunInfo:
     #: the median duration of the clips the run trained on (None when unknown): long audio is cut into pieces of
     #: about this much speech, at pauses, unless the run decodes with timestamps (``segments.at_pauses``)
     piece_seconds: float | None = None
+    #: the longest clip the run trained on: a file no longer than this is decoded whole, as an evaluation clip
+    whole_seconds: float = 0.0
 
     @classmethod
     def from_hparams(cls, hparams: dict) -> RunInfo:
@@ -67,6 +69,7 @@ class RunInfo:
             decoding=DecodingSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in decoding.items()}),
             timestamps=hparams.get("timestamps", False),
             piece_seconds=hparams.get("piece_seconds"),
+            whole_seconds=hparams.get("whole_seconds") or 0.0,
         )
 
     @classmethod
@@ -122,13 +125,16 @@ def with_adapters(
     return model.eval()
 
 
-def merged_in_memory(model: PeftModel, dtype: torch.dtype = torch.float32) -> WhisperForConditionalGeneration:
+def merged_in_memory(
+    model: PeftModel, dtype: torch.dtype = torch.float32, adapters: bool = True
+) -> WhisperForConditionalGeneration:
     """The model export writes, built from the training model's own weights, with no reload from disk: each
     quantized weight dequantized as transformers' ``dequantize`` does, each adapter's update added in float32 as
     peft's ``merge_and_unload`` adds it (so, in float32, the very weights of :func:`with_adapters` +
     ``merge_and_unload``), then cast to ``dtype``. Weights already in ``dtype`` (the unquantized layers of an int8
     base in float32) are shared with the training model, not copied: the copy adds at most the base's size in
-    ``dtype`` to the training model's memory. Evaluation (``evaluate_merged``) decodes with it."""
+    ``dtype`` to the training model's memory. Evaluation (``evaluate_merged``) decodes with it. ``adapters=False``:
+    the base alone, as the adapters saw it (what ``decoding.other_languages: base`` decodes other languages with)."""
     whisper = model.get_base_model()
     config = copy.deepcopy(whisper.config)
     for name in ("quantization_config", "_pre_quantization_dtype"):
@@ -153,6 +159,11 @@ def merged_in_memory(model: PeftModel, dtype: torch.dtype = torch.float32) -> Wh
             inside_lora = tuple(f"{name}.{child}" for child, _ in module.named_children())
             base = module.get_base_layer()
             weight = _dense_weight(base)
+            if not adapters:  # a copy: merging in place (peft's merge_and_unload) must not reach the base
+                state[f"{prefix}weight"] = weight.to(dtype, copy=True)
+                if base.bias is not None:
+                    put(f"{prefix}bias", base.bias)
+                continue
             for adapter in module.active_adapters:
                 if adapter in module.lora_variant or module.lora_bias.get(adapter):
                     raise NotImplementedError("evaluate_merged merges plain LoRA only (no DoRA, no lora_bias)")
@@ -192,7 +203,9 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tup
     hparams = dict(checkpoint["hyper_parameters"])
     # a data setting, so not among the module's hyperparameters (LightningCLI re-applies those to its signature)
     info = RunInfo.from_hparams(
-        {**hparams, "timestamps": checkpoint.get("timestamps", False), "piece_seconds": checkpoint.get("piece_seconds")}
+        hparams
+        | {key: checkpoint.get(key) for key in ("piece_seconds", "whole_seconds")}
+        | {"timestamps": checkpoint.get("timestamps", False)}
     )
     adapters = {key.removeprefix("model."): value for key, value in checkpoint["state_dict"].items()}
     return with_adapters(info, LoraSettings(**hparams["lora"]), adapters, device, str(path)), info

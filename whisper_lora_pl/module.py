@@ -153,7 +153,7 @@ class WhisperLoRA(L.LightningModule):
         #: (when, {metric: value}) after each validation pass; the full sanity check counts as "before training"
         self.eval_history: list[tuple[str, dict[str, float]]] = []
         self._validations = 0  #: full validation passes so far (data.eval_sets' ``every`` counts them)
-        self._piece_seconds: float | None = None  #: read from a checkpoint (see piece_seconds)
+        self._pieces: tuple[float | None, float] = (None, 0.0)  #: read from a checkpoint (see pieces)
 
     def configure_model(self) -> None:
         """Load the quantized base on this process's device; runs before the optimizer and checkpoint restore."""
@@ -355,9 +355,13 @@ class WhisperLoRA(L.LightningModule):
     def _begin_pass(self) -> None:
         """Decode this validation, test or predict pass with the merged model (``evaluate_merged``), built from the
         training model's weights in memory (``merging.merged_in_memory``): no reload of the base from disk."""
+        decoder = self._training_decoder
         if self.hparams.evaluate_merged and self.hparams.quantization != "none":
-            merged = merged_in_memory(self.model, self.evaluation_dtype())
-            self.decoder = replace(self._training_decoder, model=merged)
+            decoder = replace(decoder, model=merged_in_memory(self.model, self.evaluation_dtype()))
+        if self.decoding.other_languages == "base" and self.hparams.language:  # the base decodes other languages
+            base = merged_in_memory(self.model, self.evaluation_dtype(), adapters=False)
+            decoder = replace(decoder, route=(base, self.hparams.language))
+        self.decoder = decoder
 
     def evaluation_dtype(self) -> torch.dtype:
         """The merged evaluation model's weights: the run's 16-bit precision on a GPU, float32 on the CPU (where it
@@ -439,7 +443,8 @@ class WhisperLoRA(L.LightningModule):
             run_language=self.hparams.language,
             long_timestamps=datamodule.timestamp_share > 0,
             batch_size=datamodule.eval_batch_size,
-            piece_seconds=self.piece_seconds(),
+            piece_seconds=self.pieces()[0],
+            whole_seconds=self.pieces()[1],
             world=self.trainer.world_size,
             rank=self.trainer.global_rank,
             device=self.device,
@@ -447,12 +452,13 @@ class WhisperLoRA(L.LightningModule):
             when=when,
         )
 
-    def piece_seconds(self) -> float | None:
-        """How much speech a piece of long audio holds when this run decodes it: the median duration of the clips
-        it trains on (of the checkpoint's run in validate/test), written into checkpoints for transcribe."""
+    def pieces(self) -> tuple[float | None, float]:
+        """How this run cuts long audio: pieces of about the median duration of the clips it trains on, and files
+        up to the longest of them whole (``segments.at_pauses``); of the checkpoint's run in validate/test, and
+        written into checkpoints for transcribe."""
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         trained = datamodule.training_clip_seconds() if hasattr(datamodule, "training_clip_seconds") else None
-        return trained if trained is not None else self._piece_seconds
+        return trained if trained is not None else self._pieces
 
     def on_test_end(self) -> None:
         self._end_pass()
@@ -510,7 +516,7 @@ class WhisperLoRA(L.LightningModule):
         checkpoint["evaluation"] = self._evaluation_of_these_weights()
         datamodule = getattr(self.trainer, "datamodule", None)
         checkpoint["timestamps"] = getattr(datamodule, "timestamp_share", 0.0) > 0  # transcribe's default
-        checkpoint["piece_seconds"] = self.piece_seconds()  # transcribe's pieces of long audio
+        checkpoint["piece_seconds"], checkpoint["whole_seconds"] = self.pieces()  # transcribe's pieces of long audio
 
     def _evaluation_of_these_weights(self) -> dict | None:
         """The last validation if it scored the weights being saved (what export's model card reports)."""
@@ -526,6 +532,9 @@ class WhisperLoRA(L.LightningModule):
             "cer": values["val/cer"],
             "wer": values["val/wer"],
             "clips": values.get("val/clips"),
+            # data.eval_sets, and the base's figures before training where the run measured them (the model card)
+            "sets": {k: v for k, v in values.items() if k.count("/") == 2},
+            "before": self.eval_history[0][1] if self.eval_history[0][0] == "before training" else None,
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -535,7 +544,7 @@ class WhisperLoRA(L.LightningModule):
             raise KeyError(f"checkpoint lacks {len(missing)} adapter weights, e.g. {sorted(missing)[:3]}")
         self.skipped_steps = checkpoint.get("skipped_steps", 0)
         self._loaded_step = checkpoint.get("global_step", 0)
-        self._piece_seconds = checkpoint.get("piece_seconds")
+        self._pieces = (checkpoint.get("piece_seconds"), checkpoint.get("whole_seconds") or 0.0)
         states = checkpoint.get("rng_states")
         if states and self._trainer is not None:
             if len(states) == self.trainer.world_size:

@@ -143,13 +143,17 @@ def at_pauses(
     min_pause: float = 0.3,
     detector: Detector = "vad",
     margin: float = 0.5,
+    whole_seconds: float = 0.0,
 ) -> list[Segment]:
     """Pieces like the clips a model was trained on: the speech between pauses of at least ``min_pause``, joined to
     the next only while the piece's speech stays within ``piece_seconds`` (so a model trained on one sentence per
     clip is given one sentence, not 30 s of them), each with up to ``margin`` seconds of the pause on either side.
     Speech without a pause for longer than ``max_seconds`` is cut as :func:`split` cuts it. Stretches without speech
-    are left out; audio without any is one segment without speech (``has_speech`` False)."""
+    are left out; audio without any is one segment without speech (``has_speech`` False). Audio no longer than
+    ``whole_seconds`` (the longest clip the run trained on) is one piece, decoded whole as an evaluation clip is."""
     levels, speech = speech_frames(wave, rate, detector)
+    if len(wave) <= whole_seconds * rate:
+        return _split(wave, rate, levels, speech, max_seconds, min_pause)
     size = max(1, int(rate * FRAME_SECONDS))
     runs = _runs(speech, int(min_pause / FRAME_SECONDS))
     if not runs:

@@ -218,6 +218,13 @@ def model_arguments(parser: argparse.ArgumentParser) -> None:
         "length of the run's training clips, so a model trained on one sentence per clip hears one at a time; 0: "
         "only where a piece would pass --max-segment); not with --timestamps model, which decodes whole windows",
     )
+    parser.add_argument(
+        "--other-languages",
+        choices=["adapters", "base"],
+        help="speech in another language than the trained one: decoded by the fine-tuned model (adapters), or by the "
+        "base it was trained from (base: with --language auto the base detects the language; needs --checkpoint or "
+        "--adapter; default: the run's model.decoding.other_languages)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--dtype", choices=list(DTYPES), help="cast the model (e.g. float16 on a GPU)")
 
@@ -233,8 +240,17 @@ def decoder_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace)
         info = replace(info, task=args.task)
     decoder = decoder_for(model, processor, info, args.language)
     decoder.timestamps = (args.timestamps or ("model" if info.timestamps else "pauses")) == "model"
+    if (args.other_languages or info.decoding.other_languages) == "base":
+        if not (args.checkpoint or args.adapter) or not info.language:
+            parser.error(
+                "--other-languages base needs the base beside the adapters and the trained language: give "
+                "--checkpoint or --adapter (an exported merged folder holds no base)"
+            )
+        base = trained_base(info, args.device)
+        decoder.route = (base.to(DTYPES[args.dtype]) if args.dtype else base, info.language)
     if args.piece_seconds is None:  # the run's: written into args, which transcribe and the page pass on
         args.piece_seconds = info.piece_seconds
+    args.whole_seconds = info.whole_seconds
     return decoder, processor
 
 
@@ -280,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
             sink=writer,
             speech=args.speech,
             piece_seconds=args.piece_seconds or None,
+            whole_seconds=args.whole_seconds,
         )
     except KeyboardInterrupt:
         print(f"interrupted: the files finished so far are in {args.out / 'transcripts.jsonl'}; --resume goes on")
