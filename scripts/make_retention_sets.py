@@ -17,10 +17,10 @@ running it again writes the same sentences, voices and pauses.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -86,7 +86,9 @@ EN_CLIP_VOICES = [("en-us", 155), ("en-gb", 145), ("en-gb-x-rp", 150)]
 
 def speak(text: str, voice: str, speed: int) -> np.ndarray:
     """espeak-ng's speech of ``text`` at 16 kHz, without its leading and trailing silence."""
-    wav = subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "--stdout", text], capture_output=True, check=True)
+    wav = subprocess.run(
+        ["espeak-ng", "-v", voice, "-s", str(speed), "--stdout", text], capture_output=True, check=True
+    )
     wave = load_audio(wav.stdout)
     spoken = np.flatnonzero(np.abs(wave) > 0.01)
     return 0.8 * wave[spoken[0] : spoken[-1] + 1]
@@ -121,7 +123,9 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def main() -> None:
-    out = Path(sys.argv[1] if len(sys.argv) > 1 else REPO / "data" / "demo-retention")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", nargs="?", type=Path, default=REPO / "data" / "demo-retention", help="folder to write")
+    out = parser.parse_args().out
     rng = np.random.default_rng(34)
     rows = list(csv.DictReader((TEST / "test.tsv").open(encoding="utf-8"), delimiter="\t"))
     relative = Path("..") / TEST.relative_to(REPO.joinpath("data")) / "clips"

@@ -5,18 +5,45 @@ import json
 from pathlib import Path
 
 import pytest
+import soundfile as sf
 import torch
 
 from tests.conftest import REPO, make_cv_release, train_py
+from tests.test_evalsets import sentences_with_pauses
 
 TINY = str(REPO / "configs" / "tiny-cpu.yaml")
 
 
-def validation_metrics(folder: Path) -> dict[str, float]:
+#: the evaluation sets' figures compared between 2 ranks and 1 (data.eval_sets of eval_sets() below)
+SET_KEYS = ("val/odd/cer", "val/odd/clips", "val/talks/cer", "val/talks/files", "val/talks/cue_start_median",
+            "val/talks/cue_end_p90", "val/talks/cues_per_segment")  # fmt: skip
+
+
+def validation_metrics(folder: Path, keys: tuple[str, ...] = ()) -> dict[str, float]:
     (path,) = folder.glob("**/metrics.csv")
     with path.open() as handle:
         rows = [r for r in csv.DictReader(handle) if r.get("val/cer")]
-    return {key: float(rows[-1][key]) for key in ("val/cer", "val/wer")}
+    return {key: float(rows[-1][key]) for key in ("val/cer", "val/wer", *keys)}
+
+
+def eval_sets(corpus: Path, folder: Path) -> str:
+    """The corpus's seven test clips as a clip set, and three long files (tones with pauses) as a long set."""
+    clips = sorted((corpus / "zh-CN" / "clips").glob("*test*"))
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "odd.jsonl").write_text("".join(json.dumps({"audio": str(c), "text": "明天见"}) + "\n" for c in clips))
+    rows = []
+    for n in range(3):
+        wave, spans = sentences_with_pauses([1.0 + 0.5 * n, 1.0], [0.6 + 0.2 * n])
+        sf.write(folder / f"talk{n}.wav", wave, 16_000)
+        segments = [{"start": a, "end": b, "text": t} for (a, b), t in zip(spans, "甲乙", strict=True)]
+        rows.append({"audio": f"talk{n}.wav", "segments": segments})
+    (folder / "talks.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return json.dumps(
+        {
+            "odd": {"manifest": str(folder / "odd.jsonl")},
+            "talks": {"manifest": str(folder / "talks.jsonl"), "kind": "long", "speech": "energy"},
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +71,9 @@ def common(tiny_model, corpus, folder) -> list[str]:
 
 def test_fit_with_ddp_on_two_processes_validates_as_one_process_does(tiny_model, odd_corpus, tmp_path):
     ddp = ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu"]
+    sets = f"--data.eval_sets={eval_sets(odd_corpus, tmp_path / 'sets')}"
     result = train_py(
-        "fit", *common(tiny_model, odd_corpus, tmp_path / "run"), *ddp, "--trainer.max_steps=2", cwd=tmp_path
+        "fit", *common(tiny_model, odd_corpus, tmp_path / "run"), *ddp, "--trainer.max_steps=2", sets, cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
@@ -58,13 +86,18 @@ def test_fit_with_ddp_on_two_processes_validates_as_one_process_does(tiny_model,
     (records,) = (tmp_path / "run").glob("**/predictions/val-step2.jsonl")  # gathered from both ranks, written once
     ids = [json.loads(line)["id"] for line in records.read_text(encoding="utf-8").splitlines()]
     assert len(ids) == 7 and len(set(ids)) == 7
+    (records,) = (tmp_path / "run").glob("**/predictions/odd-val-step2.jsonl")  # the clip set, gathered once
+    set_ids = [Path(json.loads(line)["id"]).name for line in records.read_text(encoding="utf-8").splitlines()]
+    assert sorted(set_ids) == sorted(ids)
 
     # the same weights validated by one process: a sampler that repeated a clip on the 2 ranks would differ
     one = train_py(
-        "validate", *common(tiny_model, odd_corpus, tmp_path / "one"), f"--ckpt_path={checkpoint}", cwd=tmp_path
+        "validate", *common(tiny_model, odd_corpus, tmp_path / "one"), f"--ckpt_path={checkpoint}", sets, cwd=tmp_path
     )
     assert one.returncode == 0, one.stderr[-3000:]
-    assert validation_metrics(tmp_path / "run") == pytest.approx(validation_metrics(tmp_path / "one"), abs=1e-6)
+    two_ranks = validation_metrics(tmp_path / "run", SET_KEYS)
+    assert two_ranks == pytest.approx(validation_metrics(tmp_path / "one", SET_KEYS), abs=1e-6)
+    assert (two_ranks["val/odd/clips"], two_ranks["val/talks/files"]) == (7, 3)
 
 
 @pytest.fixture(scope="module")
