@@ -10,7 +10,6 @@ error at set-up naming the file and the segment; an audio file that cannot be re
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections import Counter
@@ -20,7 +19,7 @@ from typing import Literal
 
 from whisper_lora_pl.audio import AudioError, audio_duration
 from whisper_lora_pl.segments import Detector
-from whisper_lora_pl.sources import Example, Manifest
+from whisper_lora_pl.sources import Example, Manifest, read_rows
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +110,10 @@ def load_set(name: str, spec: EvalSet, max_duration: float) -> LoadedSet:
             loaded.clips.append(example)
             loaded.durations.append(duration)
         return loaded
-    for number, row in enumerate(_jsonl(path), 1):
+    for number, row in read_rows(path)[0]:
         where = f"{path}:{number}"
+        if isinstance(row, str):
+            raise ValueError(f"{where}: {row}")
         audio = row.get("audio")
         if not isinstance(audio, str) or not audio:
             raise ValueError(f"{where}: a long-form row needs 'audio' (a path)")
@@ -172,18 +173,3 @@ def read_srt(path: Path) -> list[tuple[float, float, str]]:
         end = h2 * 3600 + m2 * 60 + s2 + ms2 / 1000
         cues.append((start, end, " ".join(line.strip() for line in lines[timing + 1 :])))
     return cues
-
-
-def _jsonl(path: Path) -> list[dict]:
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{number}: not JSON ({err})") from err
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}:{number}: a JSON {type(row).__name__}, not an object")
-        rows.append(row)
-    return rows

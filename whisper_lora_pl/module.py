@@ -355,13 +355,9 @@ class WhisperLoRA(L.LightningModule):
     def _begin_pass(self) -> None:
         """Decode this validation, test or predict pass with the merged model (``evaluate_merged``), built from the
         training model's weights in memory (``merging.merged_in_memory``): no reload of the base from disk."""
-        decoder = self._training_decoder
         if self.hparams.evaluate_merged and self.hparams.quantization != "none":
-            decoder = replace(decoder, model=merged_in_memory(self.model, self.evaluation_dtype()))
-        if self.decoding.other_languages == "base" and self.hparams.language:  # the base decodes other languages
-            base = merged_in_memory(self.model, self.evaluation_dtype(), adapters=False)
-            decoder = replace(decoder, route=(base, self.hparams.language))
-        self.decoder = decoder
+            merged = merged_in_memory(self.model, self.evaluation_dtype())
+            self.decoder = replace(self._training_decoder, model=merged)
 
     def evaluation_dtype(self) -> torch.dtype:
         """The merged evaluation model's weights: the run's 16-bit precision on a GPU, float32 on the CPU (where it
@@ -435,16 +431,22 @@ class WhisperLoRA(L.LightningModule):
         if not sets:
             return {}
         log_dir = self.trainer.log_dir  # a collective: every rank asks
+        decoder = self.decoder
+        if self.decoding.other_languages == "base" and self.hparams.language:  # the base decodes other languages
+            # built here, for the sets alone: the split and predict decode in the trained language
+            base = merged_in_memory(self.model, self.evaluation_dtype(), adapters=False)
+            decoder = replace(decoder, route=(base, self.hparams.language))
+        piece_seconds, whole_seconds = self.pieces()
         return evaluate_sets(
             sets,
-            self.decoder,
+            decoder,
             self.processor.feature_extractor,
             stage,
             run_language=self.hparams.language,
             long_timestamps=datamodule.timestamp_share > 0,
             batch_size=datamodule.eval_batch_size,
-            piece_seconds=self.pieces()[0],
-            whole_seconds=self.pieces()[1],
+            piece_seconds=piece_seconds,
+            whole_seconds=whole_seconds,
             world=self.trainer.world_size,
             rank=self.trainer.global_rank,
             device=self.device,

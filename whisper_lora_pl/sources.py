@@ -290,7 +290,7 @@ class Manifest(Source):
         path = self.files[split]
         if not path.is_file():
             raise FileNotFoundError(f"manifest for split {split!r} not found: {path}")
-        rows, columns = _read_rows(path)
+        rows, columns = read_rows(path)
         needed = {"audio": self.audio_column} | ({"text": self.text_column} if self.text_column else {})
         _require_columns(str(path), columns, needed)
         out = []
@@ -310,7 +310,7 @@ class Manifest(Source):
         return out
 
 
-def _read_rows(path: Path) -> tuple[list[tuple[int, dict | str]], list[str]]:
+def read_rows(path: Path) -> tuple[list[tuple[int, dict | str]], list[str]]:
     """(line number, row) pairs and the columns; a row that cannot be read is the string that says why."""
     rows: list[tuple[int, dict | str]] = []
     if path.suffix in (".jsonl", ".json"):
