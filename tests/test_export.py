@@ -111,7 +111,7 @@ def test_export_merges_into_the_base_the_adapters_were_trained_on(tiny_model, cv
     prefix = "model.base_model.model.model.decoder.layers.0.self_attn.q_proj"
     lora_a, lora_b = state[f"{prefix}.lora_A.default.weight"], state[f"{prefix}.lora_B.default.weight"]
     update = (lora_b @ lora_a) * (64 / 8)  # alpha / r
-    int8_base = q_proj(trained_base(RunInfo(tiny_model, "int8"))).weight
+    int8_base = q_proj(trained_base(RunInfo(tiny_model, quantization="int8"))).weight
     fresh_base = q_proj(WhisperForConditionalGeneration.from_pretrained(tiny_model)).weight
     assert update.abs().max() > 1e-3  # the adapters moved
     assert torch.allclose(q_proj(merged).weight, int8_base + update, atol=1e-6)
@@ -153,7 +153,7 @@ def test_a_4bit_run_merges_into_its_dequantized_nf4_base(tiny_model, cv_release,
     state = torch.load(checkpoint, weights_only=True)["state_dict"]
     prefix = "model.base_model.model.model.decoder.layers.0.self_attn.q_proj"
     update = (state[f"{prefix}.lora_B.default.weight"] @ state[f"{prefix}.lora_A.default.weight"]) * (64 / 8)
-    nf4_base = q_proj(trained_base(RunInfo(tiny_model, "nf4"))).weight
+    nf4_base = q_proj(trained_base(RunInfo(tiny_model, quantization="nf4"))).weight
     assert torch.allclose(q_proj(merged).weight, nf4_base + update, atol=1e-6)
     fresh = q_proj(WhisperForConditionalGeneration.from_pretrained(tiny_model)).weight
     assert (nf4_base - fresh).abs().max() > 1e-3  # 4-bit rounding is coarse: merging into fp32 would be wrong
@@ -186,7 +186,7 @@ def test_every_take_home_path_decodes_like_the_evaluation(tiny_model, cv_release
     assert module.decoder.model is module.model
 
     # (a) the tutorial's code: int8 base + PeftModel.from_pretrained(adapter folder): the training model itself
-    int8 = load_base(tiny_model, "int8")
+    int8 = load_base(RunInfo(tiny_model, quantization="int8"))
     with torch.no_grad():
         bare = int8(input_features=features, decoder_input_ids=decoder_input).logits
         assert not torch.allclose(bare, training, atol=1e-3)  # the adapters matter
@@ -237,8 +237,8 @@ def test_the_evaluation_model_is_exports_merged_model_built_in_memory(tiny_model
             if param.requires_grad:
                 param.copy_(0.05 * torch.randn(param.shape, generator=generator))
     adapters = {n: p.detach().clone() for n, p in module.model.named_parameters() if p.requires_grad}
-    info = RunInfo(tiny_model, quantization, encoder_length="dynamic")
-    exported = with_adapters(info, module.lora, adapters, "cpu", "test").merge_and_unload().state_dict()
+    info = RunInfo(tiny_model, quantization=quantization, encoder_length="dynamic")
+    exported = with_adapters(info, adapters, "cpu", "test").merge_and_unload().state_dict()
 
     def no_reload(*args, **kwargs):
         raise AssertionError("the evaluation model reloaded the base from disk")

@@ -4,10 +4,15 @@ import torch
 
 from whisper_lora_pl.model import LoraSettings, build_whisper_lora, count_parameters, quantization_config
 from whisper_lora_pl.module import WhisperLoRA, warmup_then
+from whisper_lora_pl.settings import RunInfo
 
 # tiny model: d_model 64, 2 encoder + 2 decoder layers. LoRA r=8 on q_proj and v_proj adds r * (64 + 64) = 1024
 # weights per projection; encoder layers have 2 (self-attention), decoder layers 4 (self- and cross-attention).
 TINY_LORA_PARAMS = (2 * 2 + 2 * 4) * 8 * (64 + 64)
+
+
+def INT8(model: str) -> RunInfo:
+    return RunInfo(model, quantization="int8")
 
 
 def batch(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -23,7 +28,7 @@ def batch(seed: int = 0) -> dict[str, torch.Tensor]:
     [("int8", bnb.nn.Linear8bitLt), ("nf4", bnb.nn.Linear4bit), ("none", torch.nn.Linear)],
 )
 def test_builder_quantizes_the_base_and_trains_only_lora(tiny_model, quantization, layer_type):
-    model = build_whisper_lora(tiny_model, quantization, LoraSettings())
+    model = build_whisper_lora(RunInfo(tiny_model, quantization=quantization, lora=LoraSettings()))
     trainable, _ = count_parameters(model)
     assert trainable == TINY_LORA_PARAMS == 12_288
     q_proj = model.base_model.model.model.encoder.layers[0].self_attn.q_proj
@@ -34,7 +39,7 @@ def test_builder_quantizes_the_base_and_trains_only_lora(tiny_model, quantizatio
 
 def test_lora_settings_change_the_count(tiny_model):
     settings = LoraSettings(r=4, target_modules=("q_proj", "k_proj", "v_proj", "out_proj"))
-    trainable, _ = count_parameters(build_whisper_lora(tiny_model, "int8", settings))
+    trainable, _ = count_parameters(build_whisper_lora(RunInfo(tiny_model, quantization="int8", lora=settings)))
     assert trainable == (2 * 4 + 2 * 8) * 4 * (64 + 64)
 
 
@@ -54,7 +59,7 @@ def lora_grads_after_one_step(model) -> dict[str, float]:
 
 @pytest.mark.parametrize("reentrant", [False, True], ids=["non-reentrant", "reentrant"])
 def test_every_lora_matrix_gets_a_gradient_with_checkpointing(tiny_model, reentrant):
-    model = build_whisper_lora(tiny_model, "int8", gradient_checkpointing=True, reentrant_checkpointing=reentrant)
+    model = build_whisper_lora(INT8(tiny_model), gradient_checkpointing=True, reentrant_checkpointing=reentrant)
     grads = lora_grads_after_one_step(model)
     assert len(grads) == 24 and any(".encoder." in n for n in grads)
     assert [n for n, g in grads.items() if g == 0.0] == []
@@ -63,7 +68,7 @@ def test_every_lora_matrix_gets_a_gradient_with_checkpointing(tiny_model, reentr
 def test_checkpointing_is_non_reentrant_in_encoder_and_decoder(tiny_model):
     """peft passes {} as checkpointing kwargs, which torch (2.13 too) reads as reentrant: with reentrant
     checkpointing and no input hook the encoder's adapters get no gradient. We ask for non-reentrant explicitly."""
-    model = build_whisper_lora(tiny_model, "int8", gradient_checkpointing=True)
+    model = build_whisper_lora(INT8(tiny_model), gradient_checkpointing=True)
     whisper = model.base_model.model.model
     layers = [*whisper.encoder.layers, *whisper.decoder.layers]
     assert all(layer.gradient_checkpointing for layer in layers)
@@ -71,7 +76,7 @@ def test_checkpointing_is_non_reentrant_in_encoder_and_decoder(tiny_model):
     assert not any(
         layer.gradient_checkpointing
         for layer in build_whisper_lora(
-            tiny_model, "int8", gradient_checkpointing=False
+            INT8(tiny_model), gradient_checkpointing=False
         ).base_model.model.model.encoder.layers
     )
 

@@ -21,6 +21,9 @@ from whisper_lora_pl.sources import Example
 DURATIONS = np.random.default_rng(0).uniform(1.5, 6.0, 101).round(2).tolist()
 TOKENS = np.random.default_rng(1).integers(5, 40, 101).tolist()
 
+#: 4 windows a batch, a 30 s context, pauses up to 1.5 s, 448 label tokens of which 3 prompt tokens
+SHAPE = dict(batch_size=4, context=30.0, longest_pause=1.5, max_label_length=448, prompt_length=3)
+
 
 def windows(sampler: PackedWindows, epoch: int = 0) -> list[list[Window]]:
     sampler.current_epoch = lambda: epoch
@@ -28,7 +31,7 @@ def windows(sampler: PackedWindows, epoch: int = 0) -> list[list[Window]]:
 
 
 def test_windows_hold_consecutive_shuffled_clips_that_fit_the_context_and_the_decoder():
-    sampler = PackedWindows(DURATIONS, TOKENS, batch_size=4, context=30.0, longest_pause=1.5, max_label_length=448)
+    sampler = PackedWindows(DURATIONS, TOKENS, **SHAPE)
     packed = sampler.windows(0)
     clips = [c for w in packed for c in w.clips]
     assert sorted(clips) == list(range(101))  # every clip once
@@ -38,7 +41,7 @@ def test_windows_hold_consecutive_shuffled_clips_that_fit_the_context_and_the_de
     batches = windows(sampler)
     assert len(batches) == len(sampler) == -(-len(packed) // 4) and max(len(b) for b in batches) <= 4
     # the decoder's 448 tokens bound a window too: 3 prompt tokens, 2 timestamps a clip, <|endoftext|>
-    wordy = PackedWindows(DURATIONS, [200] * 101, 4, context=30.0, longest_pause=1.5, max_label_length=448)
+    wordy = PackedWindows(DURATIONS, [200] * 101, **SHAPE)
     assert max(len(w.clips) for w in wordy.windows(0)) == 2 and 3 + 2 * 202 + 1 <= 448
 
 
@@ -49,8 +52,8 @@ def test_the_mixed_fill_packs_each_batch_up_to_a_length_of_its_own():
     def seconds(window: Window) -> float:
         return sum(DURATIONS[c] for c in window.clips) + 1.5 * (len(window.clips) - 1)
 
-    full = PackedWindows(DURATIONS, TOKENS, 4, 30.0, 1.5, 448, seed=2)
-    mixed = PackedWindows(DURATIONS, TOKENS, 4, 30.0, 1.5, 448, seed=2, fill="mixed")
+    full = PackedWindows(DURATIONS, TOKENS, **SHAPE, seed=2)
+    mixed = PackedWindows(DURATIONS, TOKENS, **SHAPE, seed=2, fill="mixed")
     assert min(max(seconds(w) for w in batch) for batch in windows(full)) > 24  # every batch cut near 30 s
     longest = [max(seconds(w) for w in batch) for batch in windows(mixed)]
     assert min(longest) < 7 and max(longest) > 24  # single clips as well as full windows
@@ -58,18 +61,18 @@ def test_the_mixed_fill_packs_each_batch_up_to_a_length_of_its_own():
     assert windows(mixed, 1) != windows(mixed, 0) and windows(mixed, 1) == windows(mixed, 1)
     assert len(windows(mixed, 1)) == len(windows(mixed, 0)) == len(mixed)
     with pytest.raises(ValueError, match="fill"):
-        PackedWindows(DURATIONS, TOKENS, 4, 30.0, 1.5, 448, fill="half")
+        PackedWindows(DURATIONS, TOKENS, **SHAPE, fill="half")
 
 
 def test_windows_are_a_function_of_seed_and_epoch_and_every_epoch_has_as_many():
-    make = lambda seed: PackedWindows(DURATIONS, TOKENS, 4, 30.0, 1.5, 448, seed=seed)  # noqa: E731
+    make = lambda seed: PackedWindows(DURATIONS, TOKENS, **SHAPE, seed=seed)  # noqa: E731
     assert windows(make(3), 0) == windows(make(3), 0)
     assert windows(make(3), 1) != windows(make(3), 0) and windows(make(4), 0) != windows(make(3), 0)
     assert len(windows(make(3), 1)) == len(windows(make(3), 0)) == len(make(3))
 
 
 def test_ddp_ranks_take_other_windows_in_the_same_number_of_steps():
-    ranks = [PackedWindows(DURATIONS, TOKENS, 4, 30.0, 1.5, 448, num_replicas=2, rank=r, seed=5) for r in (0, 1)]
+    ranks = [PackedWindows(DURATIONS, TOKENS, **SHAPE, num_replicas=2, rank=r, seed=5) for r in (0, 1)]
     first, second = (windows(s, 2) for s in ranks)
     assert len(first) == len(second) == len(ranks[0])
     taken = [w for batch in first + second for w in batch]
@@ -96,7 +99,14 @@ def clips_split(tmp_path, processor, seconds=(1.0, 2.5, 0.5)) -> PreparedSplit:
 
 def packed(processor, split, share):
     no_timestamps, end = processor.tokenizer.convert_tokens_to_ids(["<|notimestamps|>", "<|endoftext|>"])
-    return PackedSpeech(SpeechDataset(split, processor.feature_extractor), (0.2, 1.0), share, no_timestamps, end)
+    return PackedSpeech(
+        SpeechDataset(split, processor.feature_extractor),
+        pauses=(0.2, 1.0),
+        timestamp_share=share,
+        no_timestamps_id=no_timestamps,
+        end_id=end,
+        prompt_length=3,
+    )
 
 
 def test_a_window_is_its_clips_joined_with_pauses_and_labelled_with_their_times(tmp_path, processor):

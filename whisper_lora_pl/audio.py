@@ -101,7 +101,7 @@ def load_audio(source: AudioInput, sampling_rate: int = SAMPLING_RATE) -> np.nda
     opened = _open(source)
     try:
         data, rate = sf.read(opened, dtype="float32", always_2d=True)
-    except Exception as err:
+    except (RuntimeError, ValueError, TypeError, OSError, EOFError) as err:  # not MemoryError: that is no clip's fault
         raise _unreadable(source, opened, err) from err
     if data.shape[0] == 0:
         raise AudioError(f"audio {_name(source)} holds no samples", "no samples")

@@ -31,6 +31,7 @@ class DurationBuckets(DistributedSampler):
         self,
         durations: Sequence[float],
         batch_size: int,
+        *,
         batch_seconds: float | None = None,
         num_buckets: int = 10,
         num_replicas: int = 1,

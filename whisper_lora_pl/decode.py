@@ -32,12 +32,18 @@ import torch
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 from transformers.modeling_outputs import BaseModelOutput
 
+from whisper_lora_pl.features import TIME_STEP
+
 #: seconds of audio Whisper's encoder sees at once (its positions: 1500 frames of 20 ms)
 WINDOW_SECONDS = 30.0
-#: <|startoftranscript|><|lang|><|task|><|notimestamps|>: what the decoder reads before the first text token
-PROMPT_TOKENS = 4
-#: seconds between two of Whisper's timestamp tokens
-TIME_STEP = 0.02
+
+
+def prompt_length(language: str | None, task: str | None, timestamps: bool = False) -> int:
+    """Tokens the decoder reads before the first text token: ``<|startoftranscript|>``, the language (given, or
+    detected with ``auto``), the task, and ``<|notimestamps|>`` unless the model times its segments. 4 for a
+    multilingual model's clips, 2 for an English-only model's (no language, no task), as its tokenizer's
+    ``prefix_tokens`` spell them (a test checks both on real tokenizers)."""
+    return 1 + bool(language) + bool(task) + (not timestamps)
 
 
 @dataclass(frozen=True)
@@ -144,11 +150,6 @@ class Decoder:
     #: base (``DecodingSettings.other_languages: base``); None decodes every language with ``model``
     route: tuple[torch.nn.Module, str] | None = None
 
-    def __post_init__(self) -> None:
-        # each batch's length comes from its budgets; a length in the model's generation config (an exported
-        # folder's max_new_tokens, for transformers' pipeline) would take precedence over it
-        self.model.generation_config.max_new_tokens = None
-
     def prompt_kwargs(self) -> dict:
         """``generate`` arguments of the prompt: the trained language and task, and no timestamp tokens (the
         labels carried ``<|notimestamps|>``: timestamp mode is another task for a fine-tuned model) unless the
@@ -161,7 +162,7 @@ class Decoder:
         return kwargs
 
     def budgets(self, durations: Sequence[float]) -> list[int]:
-        limit = int(self.model.config.max_target_positions) - PROMPT_TOKENS
+        limit = int(self.model.config.max_target_positions) - prompt_length(self.language, self.task, self.timestamps)
         return [self.settings.budget(float(d), min(self.max_new_tokens, limit)) for d in durations]
 
     @torch.no_grad()
@@ -226,7 +227,7 @@ class Decoder:
         ``lower``, instead of skipping clips or retrying them one by one without a word."""
         try:
             return self(input_features, durations)
-        except Exception as err:
+        except CLIP_ERRORS as err:
             self._raise_if_out_of_memory(err, input_features, durations, lower, what)
             if len(input_features) == 1:
                 return [err]
@@ -234,7 +235,7 @@ class Decoder:
         for row in range(len(input_features)):
             try:
                 results.extend(self(input_features[row : row + 1], durations[row : row + 1]))
-            except Exception as err:
+            except CLIP_ERRORS as err:
                 self._raise_if_out_of_memory(err, input_features, durations, lower, what)
                 results.append(err)
         return results
@@ -287,7 +288,9 @@ class Decoder:
         (the first N tokens of a longer decoding are what a decoding stopped at N would have written)."""
         sampling = temperature > 0
         config = GenerationConfig(
-            max_length=max(budgets),  # Whisper's generate counts max_length after the prompt (it adds the prompt)
+            # the batch's largest budget, given as max_new_tokens: a length in the model's own generation config
+            # (an exported folder's, for transformers' pipeline) would otherwise take precedence over it
+            max_new_tokens=max(budgets),
             num_beams=1 if sampling else self.num_beams,
             return_dict_in_generate=True,
             output_logits=True,  # per row, beams included (Whisper's generate follows beam_indices)
@@ -351,6 +354,11 @@ class Decoder:
         if text:
             found.append((start, None, self.tokenizer.decode(text, skip_special_tokens=True).strip()))
         return [s for s in found if s[2]]
+
+
+#: what one clip's decoding may raise (a tensor op refusing its input); out of memory is a RuntimeError too, and
+#: ``isolating`` turns it into :class:`DecodingOutOfMemory` before anything else; other errors (a bug, Ctrl-C) pass
+CLIP_ERRORS = (RuntimeError, ValueError, IndexError, MemoryError)
 
 
 class DecodingOutOfMemory(RuntimeError):

@@ -26,18 +26,11 @@ from pathlib import Path
 import torch
 from huggingface_hub import EvalResult, ModelCardData
 
-from whisper_lora_pl.decode import PROMPT_TOKENS
+from whisper_lora_pl.decode import prompt_length
 
-# the run's facts and models live in merging.py (evaluation builds from them too); their names stay importable here
-from whisper_lora_pl.merging import (  # noqa: F401
-    DTYPES,
-    RUN_FILE,
-    RunInfo,
-    load_checkpoint,
-    processor_for,
-    trained_base,
-    with_adapters,
-)
+# the run's models are built in merging.py (evaluation builds from them too); their names stay importable here
+from whisper_lora_pl.merging import load_checkpoint, processor_for, trained_base, with_adapters  # noqa: F401
+from whisper_lora_pl.settings import DTYPES, RUN_FILE, RunInfo  # noqa: F401
 
 
 def export(
@@ -113,7 +106,7 @@ def long_form_kwargs(info: RunInfo) -> dict:
     folder's ``max_new_tokens`` is the evaluation's cap for single clips and would cut a window's text short."""
     d = info.decoding
     return pipeline_kwargs(info) | {
-        "max_new_tokens": MAX_TARGET_POSITIONS - PROMPT_TOKENS,
+        "max_new_tokens": MAX_TARGET_POSITIONS - prompt_length(info.language, info.task, timestamps=True) - 1,
         "temperature": tuple(d.temperatures),
         "compression_ratio_threshold": d.compression_ratio_threshold,
         "logprob_threshold": d.logprob_threshold,

@@ -16,6 +16,8 @@ from whisper_lora_pl.audio import AudioError
 FRAME_STEP = 100
 #: mel frames per second of audio (16 kHz, hop 160)
 FRAMES_PER_SECOND = 100
+#: seconds between two of Whisper's timestamp tokens (one encoder position: two mel frames)
+TIME_STEP = 0.02
 
 #: log10 of the floor Whisper clamps mel energies to (1e-10): what an all-zero frame gives before scaling
 _SILENT_LOG = -10.0

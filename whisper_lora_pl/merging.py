@@ -1,123 +1,44 @@
-"""What a training run left, built back the way it was trained: its facts (:class:`RunInfo`), its base (quantized as
-in training, then dequantized) and its adapters on that base. Evaluation (``evaluate_merged``), export, deploy and
-transcribe all build from here: the training system imports nothing from export, and deploy nothing from export.
+"""What a training run left, built back the way it was trained from its settings (``settings.RunInfo``): its
+base (quantized as in training, then dequantized) and its adapters on that base. Evaluation (``evaluate_merged``),
+export, deploy and transcribe all build from here: the training system imports nothing from export, and deploy
+nothing from export.
 """
 
 from __future__ import annotations
 
 import copy
-import json
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import bitsandbytes as bnb
 import torch
 from peft import PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
-from transformers import GenerationConfig, WhisperForConditionalGeneration, WhisperProcessor
+from transformers import WhisperForConditionalGeneration, WhisperProcessor
 from transformers.integrations.bitsandbytes import dequantize_bnb_weight
 
 from whisper_lora_pl.convert import resolve_model_name
-from whisper_lora_pl.decode import DecodingSettings
 from whisper_lora_pl.features import set_feature_context
-from whisper_lora_pl.model import BaseDtype, EncoderLength, LoraSettings, Quantization, load_base, make_dynamic
+from whisper_lora_pl.model import load_base
+from whisper_lora_pl.settings import RunInfo
 
-#: what an exported folder says about the run that made it (read by transcribe)
-RUN_FILE = "whisper-lora-pl.json"
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 #: bitsandbytes' quantized linear layers (int8, nf4)
 QUANTIZED = (bnb.nn.Linear8bitLt, bnb.nn.Linear4bit)
-
-
-@dataclass(frozen=True)
-class RunInfo:
-    """The facts decoding needs from the training run, carried from the checkpoint into exported folders."""
-
-    model_name: str
-    quantization: Quantization = "none"
-    base_dtype: BaseDtype = "float32"
-    context_seconds: float = 30.0
-    encoder_length: EncoderLength = "padded"
-    encoder_min_seconds: float = 0.0
-    language: str | None = None
-    task: str | None = None
-    num_beams: int = 1
-    max_new_tokens: int = 448
-    decoding: DecodingSettings = field(default_factory=DecodingSettings)
-    #: the run trained on timestamp labels (``data.timestamp_share`` above 0): the model can time its own segments
-    timestamps: bool = False
-    #: the median duration of the clips the run trained on (None when unknown): long audio is cut into pieces of
-    #: about this much speech, at pauses, unless the run decodes with timestamps (``segments.at_pauses``)
-    piece_seconds: float | None = None
-    #: the longest clip the run trained on: a file no longer than this is decoded whole, as an evaluation clip
-    whole_seconds: float = 0.0
-
-    @classmethod
-    def from_hparams(cls, hparams: dict) -> RunInfo:
-        decoding = hparams.get("decoding") or {}
-        return cls(
-            model_name=hparams["model_name"],
-            quantization=hparams.get("quantization", "none"),
-            base_dtype=hparams.get("base_dtype", "float32"),
-            context_seconds=hparams.get("context_seconds", 30.0),
-            encoder_length=hparams.get("encoder_length", "padded"),
-            encoder_min_seconds=hparams.get("encoder_min_seconds", 0.0),
-            language=hparams.get("language"),
-            task=hparams.get("task"),
-            num_beams=hparams.get("num_beams", 1),
-            max_new_tokens=hparams.get("max_new_tokens", 448),
-            decoding=DecodingSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in decoding.items()}),
-            timestamps=hparams.get("timestamps", False),
-            piece_seconds=hparams.get("piece_seconds"),
-            whole_seconds=hparams.get("whole_seconds") or 0.0,
-        )
-
-    @classmethod
-    def read(cls, folder: str | Path) -> RunInfo | None:
-        path = Path(folder) / RUN_FILE
-        if not path.is_file():
-            return None
-        return cls.from_hparams(json.loads(path.read_text(encoding="utf-8")))
-
-    def write(self, folder: Path) -> None:
-        (folder / RUN_FILE).write_text(json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-    def generation_config(self, base: GenerationConfig) -> GenerationConfig:
-        """The base's generation config with the evaluated prompt and search written in: ``transformers.pipeline``
-        then decodes like the evaluation (it would otherwise detect the language and search 5 beams)."""
-        config = GenerationConfig.from_dict(base.to_dict())
-        if self.language:
-            config.language = self.language
-            config.task = self.task or "transcribe"
-        config.return_timestamps = False
-        config.num_beams = self.num_beams
-        config.max_new_tokens = self.max_new_tokens
-        config.max_length = None  # beside max_new_tokens it would only make transformers warn at every call
-        return config
 
 
 def trained_base(info: RunInfo, device: torch.device | str = "cpu") -> WhisperForConditionalGeneration:
     """The base as the adapters saw it in training (quantized or in ``base_dtype``, with the trained encoder
     context and length), then in float32: dequantized, or cast (exact from bfloat16 / float16)."""
-    base = load_base(
-        info.model_name,
-        info.quantization,
-        device,
-        info.context_seconds,
-        info.base_dtype,
-        info.encoder_length,
-        info.encoder_min_seconds,
-    )
+    base = load_base(info, device)
     base = base.dequantize(dtype=torch.float32) if info.quantization != "none" else base.float()
     return base.eval()
 
 
 def with_adapters(
-    info: RunInfo, lora: LoraSettings, adapters: dict[str, torch.Tensor], device: torch.device | str, source: str
+    info: RunInfo, adapters: dict[str, torch.Tensor], device: torch.device | str, source: str
 ) -> PeftModel:
-    """``adapters`` (named as in the training PeftModel) on :func:`trained_base`: what export merges, and what
-    evaluation decodes with (``WhisperLoRA``'s ``evaluate_merged``)."""
-    model = get_peft_model(trained_base(info, device), lora.peft_config())
+    """``adapters`` (named as in the training PeftModel, shaped by ``info.lora``) on :func:`trained_base`: what
+    export merges, and what ``load_checkpoint`` gives transcribe."""
+    model = get_peft_model(trained_base(info, device), info.lora.peft_config())
     expected = {name for name, param in model.named_parameters() if param.requires_grad}
     if missing := expected - adapters.keys():
         raise KeyError(f"{source} lacks {len(missing)} adapter weights, e.g. {sorted(missing)[:3]}")
@@ -180,12 +101,11 @@ def merged_in_memory(
         for key, tensor in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
             put(f"{prefix}{key}", tensor)
     with torch.device("meta"):
-        merged = WhisperForConditionalGeneration(config)
+        merged = type(whisper)(config)  # a DynamicWhisper stays one (encoder_length: dynamic)
     merged.load_state_dict(state, strict=True, assign=True)
     merged.generation_config = copy.deepcopy(whisper.generation_config)
-    encoder = whisper.get_encoder()
-    if hasattr(encoder, "cut"):  # encoder_length: dynamic
-        make_dynamic(merged, encoder.min_seconds)
+    if hasattr(encoder := whisper.get_encoder(), "min_seconds"):
+        merged.get_encoder().min_seconds = encoder.min_seconds
     return merged.requires_grad_(False).eval()
 
 
@@ -208,7 +128,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tup
         | {"timestamps": checkpoint.get("timestamps", False)}
     )
     adapters = {key.removeprefix("model."): value for key, value in checkpoint["state_dict"].items()}
-    return with_adapters(info, LoraSettings(**hparams["lora"]), adapters, device, str(path)), info
+    return with_adapters(info, adapters, device, str(path)), info
 
 
 def processor_for(info: RunInfo) -> WhisperProcessor:

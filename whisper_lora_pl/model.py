@@ -1,26 +1,40 @@
-"""Build the quantized Whisper base with LoRA adapters: a plain function, testable without a Trainer."""
+"""Build the quantized Whisper base with LoRA adapters: plain functions of the run's settings
+(:class:`~whisper_lora_pl.settings.RunInfo`), testable without a Trainer, and the dynamic-length encoder."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from typing import Literal
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
 from torch import nn
-from transformers import BitsAndBytesConfig, WhisperForConditionalGeneration
+from transformers import BitsAndBytesConfig, WhisperForConditionalGeneration, WhisperModel
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
+from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.output_capturing import capture_outputs
 
 from whisper_lora_pl.convert import resolve_model_name
-from whisper_lora_pl.features import trim_to_longest
+from whisper_lora_pl.features import FRAMES_PER_SECOND, trim_to_longest
+from whisper_lora_pl.settings import DTYPES, BaseDtype, EncoderLength, LoraSettings, Quantization, RunInfo
 
-Quantization = Literal["int8", "nf4", "none"]
-BaseDtype = Literal["float32", "bfloat16", "float16"]
-EncoderLength = Literal["padded", "dynamic"]
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+__all__ = [
+    "DTYPES",
+    "BaseDtype",
+    "DynamicLengthEncoder",
+    "DynamicWhisper",
+    "EncoderLength",
+    "LoraSettings",
+    "Quantization",
+    "build_whisper_lora",
+    "count_parameters",
+    "load_base",
+    "load_whisper",
+    "quantization_config",
+    "set_context",
+]
+
 #: encoder positions per second of audio: 100 mel frames, halved by the second convolution
 POSITIONS_PER_SECOND = 50
 
@@ -28,70 +42,6 @@ POSITIONS_PER_SECOND = 50
 def _not_the_int8_cast_notice(record: logging.LogRecord) -> bool:
     """bitsandbytes logs on every int8 matmul that fp32 inputs are cast to fp16: expected, and it floods the log."""
     return not record.getMessage().startswith("MatMul8bitLt: inputs will be cast")
-
-
-@dataclass(frozen=True)
-class LoraSettings:
-    """LoRA hyperparameters (the tutorial's: r=8, alpha=64, dropout 0.05 on q_proj and v_proj).
-
-    Args:
-        r: rank of the update matrices.
-        alpha: scaling numerator (the update is scaled by alpha / r).
-        dropout: dropout on the LoRA input.
-        target_modules: names of the linear layers that get adapters.
-        bias: which biases train: ``none``, ``all`` or ``lora_only``.
-    """
-
-    r: int = 8
-    alpha: int = 64
-    dropout: float = 0.05
-    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
-    bias: Literal["none", "all", "lora_only"] = "none"
-
-    def peft_config(self) -> LoraConfig:
-        return LoraConfig(
-            r=self.r,
-            lora_alpha=self.alpha,
-            lora_dropout=self.dropout,
-            target_modules=list(self.target_modules),
-            bias=self.bias,
-        )
-
-
-@dataclass(frozen=True)
-class SpecAugment:
-    """SpecAugment of the training log-mel through transformers' own masks (``WhisperModel._mask_input_features``,
-    training mode only), drawn over each clip's frames, never over its padding (all off by default).
-
-    Args:
-        mask_time_prob: about this share of a clip's frames is masked, in spans of ``mask_time_length`` frames
-            (10 ms each); 0: no time masks.
-        mask_time_length: frames per time mask.
-        mask_time_min_masks: time masks per clip at least, when ``mask_time_prob`` is above 0.
-        mask_feature_prob: about this share of the mel bins is masked, in bands of ``mask_feature_length``.
-        mask_feature_length: mel bins per frequency mask.
-        mask_feature_min_masks: frequency masks per clip at least, when ``mask_feature_prob`` is above 0.
-    """
-
-    mask_time_prob: float = 0.0
-    mask_time_length: int = 10
-    mask_time_min_masks: int = 2
-    mask_feature_prob: float = 0.0
-    mask_feature_length: int = 10
-    mask_feature_min_masks: int = 0
-
-    @property
-    def active(self) -> bool:
-        return self.mask_time_prob > 0 or self.mask_feature_prob > 0
-
-    def configure(self, model: torch.nn.Module) -> None:
-        """Set the masks on ``model``'s config (transformers reads them there in every training forward)."""
-        if not (0 <= self.mask_time_prob <= 1 and 0 <= self.mask_feature_prob <= 1):
-            raise ValueError("model.spec_augment's mask_time_prob and mask_feature_prob must be in [0, 1]")
-        config = model.config
-        config.apply_spec_augment = self.active
-        for name, value in asdict(self).items():
-            setattr(config, name, value)
 
 
 def quantization_config(quantization: Quantization, device: torch.device | str = "cpu") -> BitsAndBytesConfig | None:
@@ -117,31 +67,35 @@ def nf4_compute_dtype(device: torch.device | str) -> torch.dtype:
     return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
 
 
-def load_base(
-    model_name: str,
-    quantization: Quantization = "int8",
-    device: torch.device | str = "cpu",
-    context_seconds: float = 30.0,
-    base_dtype: BaseDtype = "float32",
-    encoder_length: EncoderLength = "padded",
-    encoder_min_seconds: float = 0.0,
-) -> WhisperForConditionalGeneration:
-    """The base model, quantized on ``device`` (explicit ``device_map``: ``"auto"`` would spread it and break DDP),
-    with an encoder context of ``context_seconds``, padded or of any length up to it (``encoder_length``).
-    ``base_dtype`` is the unquantized base's weight type (with int8/nf4 the layers that stay unquantized are
-    float32)."""
-    if quantization == "int8":
+def load_base(info: RunInfo, device: torch.device | str = "cpu") -> WhisperForConditionalGeneration:
+    """The run's base model (``info``: name, quantization, dtype, encoder context and length), quantized on
+    ``device`` (explicit ``device_map``: ``"auto"`` would spread it and break DDP). ``base_dtype`` is the unquantized
+    base's weight type (with int8/nf4 the layers that stay unquantized are float32)."""
+    if info.quantization == "int8":
         bnb_log = logging.getLogger("bitsandbytes.autograd._functions")
         if _not_the_int8_cast_notice not in bnb_log.filters:
             bnb_log.addFilter(_not_the_int8_cast_notice)
-    model = WhisperForConditionalGeneration.from_pretrained(
-        resolve_model_name(model_name),
-        quantization_config=quantization_config(quantization, device),
+    model = load_whisper(
+        resolve_model_name(info.model_name),
+        info.encoder_length,
+        info.encoder_min_seconds,
+        quantization_config=quantization_config(info.quantization, device),
         device_map={"": torch.device(device)},
-        dtype=DTYPES[base_dtype] if quantization == "none" else torch.float32,
+        dtype=DTYPES[info.base_dtype] if info.quantization == "none" else torch.float32,
     )
-    model = set_context(model, context_seconds)
-    return make_dynamic(model, encoder_min_seconds) if encoder_length == "dynamic" else model
+    return set_context(model, info.context_seconds)
+
+
+def load_whisper(
+    folder: str, encoder_length: EncoderLength = "padded", encoder_min_seconds: float = 0.0, **kwargs
+) -> WhisperForConditionalGeneration:
+    """``from_pretrained`` of a Whisper folder, with the dynamic-length encoder when the run used it (built as the
+    model is loaded: :class:`DynamicWhisper`); ``kwargs`` go to ``from_pretrained``."""
+    if encoder_length == "padded":
+        return WhisperForConditionalGeneration.from_pretrained(folder, **kwargs)
+    model = DynamicWhisper.from_pretrained(folder, **kwargs)
+    model.get_encoder().min_seconds = encoder_min_seconds
+    return model
 
 
 def set_context(model: WhisperForConditionalGeneration, seconds: float) -> WhisperForConditionalGeneration:
@@ -169,9 +123,15 @@ class DynamicLengthEncoder(WhisperEncoder):
     """Whisper's encoder for inputs of any even number of frames up to its context: T frames get the first T / 2
     of its fixed sinusoidal positions, as OpenAI's own code would if it did not insist on 30 s (icefall's and ESPnet's
     Whisper encoders do the same). transformers' ``forward`` refuses anything but the full window and adds all of its
-    positions; at the full window this one computes exactly what it does (a test compares them)."""
+    positions; at the full window this one computes exactly what it does, hidden states and attentions included
+    (``output_hidden_states`` / ``output_attentions`` are recorded by transformers' own hooks, as for the stock
+    encoder; a test compares both on the installed transformers).
 
-    #: a batch is never cut below this many seconds (set by :func:`make_dynamic`)
+    ``attention_mask`` (batch, frames), as the feature extractor returns it, says where each clip's frames end: the
+    batch is then cut after its longest clip (:meth:`cut`). The frames kept are attended to whole, padding included,
+    as Whisper was pretrained (the stock encoder ignores the mask)."""
+
+    #: a batch is never cut below this many seconds (``model.encoder_min_seconds``)
     min_seconds: float = 0.0
 
     def cut(self, input_features: torch.Tensor, durations: Sequence[float]) -> torch.Tensor:
@@ -179,7 +139,16 @@ class DynamicLengthEncoder(WhisperEncoder):
         rounded up to a second, at least ``min_seconds``. Training and every decoding path call it."""
         return trim_to_longest(input_features, durations, minimum_seconds=self.min_seconds)
 
-    def forward(self, input_features: torch.Tensor, attention_mask=None, **kwargs) -> BaseModelOutput:
+    @merge_with_config_defaults
+    @capture_outputs
+    def forward(self, input_features: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
+        if attention_mask is not None:
+            if attention_mask.shape[-1] != input_features.shape[-1]:
+                raise ValueError(
+                    f"attention_mask has {attention_mask.shape[-1]} frames, the features {input_features.shape[-1]}"
+                )
+            frames = attention_mask.sum(-1).float()
+            input_features = self.cut(input_features, ((frames - 1).clamp(min=0) / FRAMES_PER_SECOND).tolist())
         frames = input_features.shape[-1]
         longest = self.embed_positions.num_embeddings * self.conv1.stride[0] * self.conv2.stride[0]
         if frames > longest or frames % 2:
@@ -195,30 +164,38 @@ class DynamicLengthEncoder(WhisperEncoder):
         return BaseModelOutput(last_hidden_state=self.layer_norm(hidden))
 
 
-def make_dynamic(model: WhisperForConditionalGeneration, min_seconds: float = 0.0) -> WhisperForConditionalGeneration:
-    """Let ``model``'s encoder take batches padded to their longest clip (at least ``min_seconds``) instead of to
-    the full window (the same module and weights, another ``forward``; the checkpoint and the exported folder do
-    not change)."""
-    encoder = model.get_encoder()
-    if not isinstance(encoder, DynamicLengthEncoder):
-        encoder.__class__ = DynamicLengthEncoder
-    encoder.min_seconds = min_seconds
-    return model
+class _DynamicWhisperModel(WhisperModel):
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self.encoder = DynamicLengthEncoder(config)
+        self.post_init()
+
+
+class DynamicWhisper(WhisperForConditionalGeneration):
+    """``WhisperForConditionalGeneration`` whose encoder is a :class:`DynamicLengthEncoder` (``encoder_length:
+    dynamic``): the same weights and the same folder on disk, saved as a stock Whisper (transformers and
+    faster-whisper load it as such and decode at 30 s)."""
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self.model = _DynamicWhisperModel(config)
+        self.post_init()
+
+    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
+        super().save_pretrained(save_directory, *args, **kwargs)
+        self.config.architectures = [WhisperForConditionalGeneration.__name__]
+        self.config.save_pretrained(save_directory)  # transformers wrote this class's name
 
 
 def build_whisper_lora(
-    model_name: str,
-    quantization: Quantization = "int8",
-    lora: LoraSettings = LoraSettings(),
+    info: RunInfo,
     device: torch.device | str = "cpu",
+    *,
     gradient_checkpointing: bool = True,
     reentrant_checkpointing: bool = False,
-    context_seconds: float = 30.0,
-    base_dtype: BaseDtype = "float32",
-    encoder_length: EncoderLength = "padded",
-    encoder_min_seconds: float = 0.0,
 ) -> PeftModel:
-    """Quantized base, frozen and prepared for k-bit training, with trainable fp32 LoRA adapters.
+    """The run's base (:func:`load_base`), frozen and prepared for k-bit training, with trainable fp32 LoRA adapters
+    (``info.lora``).
 
     Checkpointing is non-reentrant by default: peft passes ``{}``, which torch reads as reentrant, and reentrant
     checkpointing with no input hook leaves the encoder's LoRA weights without gradient, silently.
@@ -226,10 +203,11 @@ def build_whisper_lora(
     (checked by a test): with bitsandbytes int8 it saves much more memory, because ``MatMul8bitLt`` keeps its
     quantized activations on ``ctx``, out of reach of the saved-tensor hooks non-reentrant checkpointing relies on.
     """
-    model = load_base(
-        model_name, quantization, device, context_seconds, base_dtype, encoder_length, encoder_min_seconds
-    )
-    if quantization == "none":  # peft's preparation would cast a bfloat16 / float16 base to float32
+    model = load_base(info, device)
+    # transformers' own SpecAugment draws from numpy's global generator: off; the module masks with its own
+    # (``specaugment.SpecAugment``), whatever the base's config says
+    model.config.apply_spec_augment = False
+    if info.quantization == "none":  # peft's preparation would cast a bfloat16 / float16 base to float32
         model.requires_grad_(False)
     else:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)  # freeze, norms in fp32
@@ -242,7 +220,7 @@ def build_whisper_lora(
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         if reentrant_checkpointing:
             model.enable_input_require_grads()  # every sub-model's input: the decoder's embeddings, the encoder's conv1
-    return get_peft_model(model, lora.peft_config())
+    return get_peft_model(model, info.lora.peft_config())
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:

@@ -17,20 +17,14 @@ from transformers import WhisperProcessor, get_scheduler
 
 from whisper_lora_pl.collate import IGNORE_INDEX, has_clips
 from whisper_lora_pl.convert import resolve_model_name
-from whisper_lora_pl.decode import Decoded, Decoder, DecodingSettings
+from whisper_lora_pl.decode import Decoded, Decoder, DecodingSettings, prompt_length
 from whisper_lora_pl.evalrun import evaluate_sets
 from whisper_lora_pl.features import FRAMES_PER_SECOND, set_feature_context
 from whisper_lora_pl.merging import merged_in_memory
-from whisper_lora_pl.model import (
-    BaseDtype,
-    EncoderLength,
-    LoraSettings,
-    Quantization,
-    SpecAugment,
-    build_whisper_lora,
-    count_parameters,
-)
+from whisper_lora_pl.model import build_whisper_lora, count_parameters
 from whisper_lora_pl.rng import gather_rng_states, run_seed, set_rng_states
+from whisper_lora_pl.settings import BaseDtype, EncoderLength, LoraSettings, Quantization, RunInfo
+from whisper_lora_pl.specaugment import SpecAugment
 from whisper_lora_pl.tally import PassTally
 from whisper_lora_pl.text import ErrorRates
 
@@ -77,8 +71,8 @@ class WhisperLoRA(L.LightningModule):
             run's seed and the step: the same on every rank and on resume), so the model stays as right at 30 s,
             where transformers' pipeline and faster-whisper decode, as at the cut lengths it evaluates with.
         lora: LoRA rank, alpha, dropout, target modules and bias (a frozen dataclass: safe as a default).
-        spec_augment: SpecAugment time and frequency masks on the training log-mel (off by default); each batch's
-            masks are drawn from (the run's seed, epoch, its clips), so a resumed run masks as the unbroken one.
+        spec_augment: SpecAugment time and frequency masks on the training log-mel (off by default); each clip's
+            masks are drawn from (the run's seed, the step, the clip), so a resumed run masks as the unbroken one.
         gradient_checkpointing: recompute activations in backward (non-reentrant) to save memory.
         reentrant_checkpointing: checkpoint reentrantly instead, with input hooks that keep the encoder's adapters
             trained; with an int8 base it saves far more memory (see ``build_whisper_lora``).
@@ -164,18 +158,11 @@ class WhisperLoRA(L.LightningModule):
             raise ValueError(f"precision {precision} would downcast the fp32 LoRA weights: use 16-mixed or bf16-mixed")
         hp = self.hparams
         self.model = build_whisper_lora(
-            hp.model_name,
-            hp.quantization,
-            self.lora,
+            self.run_info(),
             self._target_device(),
-            hp.gradient_checkpointing,
-            hp.reentrant_checkpointing,
-            hp.context_seconds,
-            hp.base_dtype,
-            hp.encoder_length,
-            hp.get("encoder_min_seconds", 0.0),
+            gradient_checkpointing=hp.gradient_checkpointing,
+            reentrant_checkpointing=hp.reentrant_checkpointing,
         )
-        self.spec_augment.configure(self.model)
         # from_pretrained returns eval mode and Lightning (>= 2.2) keeps each submodule's mode: without this,
         # training would silently run with gradient checkpointing and LoRA dropout off
         self.model.train()
@@ -186,6 +173,10 @@ class WhisperLoRA(L.LightningModule):
         )
         trainable, total = count_parameters(self.model)
         rank_zero_info(f"trainable params: {trainable:,} || all params: {total:,} || {100 * trainable / total:.4f}%")
+
+    def run_info(self) -> RunInfo:
+        """What this run is (base, adapters, decoding), as checkpoints and exported folders carry it."""
+        return RunInfo.from_hparams(dict(self.hparams) | {"lora": self.lora, "decoding": self.decoding})
 
     def _target_device(self) -> torch.device:
         return self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
@@ -219,20 +210,11 @@ class WhisperLoRA(L.LightningModule):
         features = self._encoder_input(batch)
         if not self.spec_augment.active:
             return self(features, batch["labels"]).loss
-        # transformers draws the masks from numpy's global generator: seeded here from (seed, epoch, clips) and
-        # put back after, so they are a function of the batch (exact on resume, other clips on other ranks)
-        # and nothing else's draws move; the attention mask keeps them on each clip's frames, off its padding
-        frames = torch.arange(features.shape[-1], device=features.device)
-        lengths = (batch["duration"].to(features.device) * FRAMES_PER_SECOND).ceil()
-        attention_mask = (frames[None] < lengths[:, None]).long()
-        seed = [run_seed(), self.current_epoch, *batch["index"].tolist()]
-        state = np.random.get_state()
-        np.random.seed(np.random.SeedSequence(seed).generate_state(1)[0])
-        try:  # masked in place: on a copy, so the batch stays as loaded
-            masked = features.clone()
-            return self.model(input_features=masked, attention_mask=attention_mask, labels=batch["labels"]).loss
-        finally:
-            np.random.set_state(state)
+        # masks from (seed, step, clip): exact on resume, other clips on other ranks, no global generator moved;
+        # on each clip's frames, never its padding (``specaugment.SpecAugment``)
+        frames = (batch["duration"] * FRAMES_PER_SECOND).ceil().long().tolist()
+        seeds = [(run_seed(), self.global_step, int(index)) for index in batch["index"].tolist()]
+        return self(self.spec_augment(features, frames, seeds), batch["labels"]).loss
 
     def _encoder_input(self, batch: dict) -> torch.Tensor:
         """The training batch's features as the encoder takes them: the full window, or cut after the longest clip
@@ -336,8 +318,8 @@ class WhisperLoRA(L.LightningModule):
         references = self.processor.batch_decode(
             labels.masked_fill(labels == IGNORE_INDEX, self.processor.tokenizer.pad_token_id), skip_special_tokens=True
         )
-        # labels are [<|lang|>][<|task|>]<|notimestamps|> text <|endoftext|>: the text's tokens are the rest
-        around_text = 2 + bool(self.hparams.language) + bool(self.hparams.task)
+        # labels are the prompt but <|startoftranscript|>, the text, <|endoftext|>: the text's tokens are the rest
+        around_text = prompt_length(self.hparams.language, self.hparams.task)
         reference_tokens = ((labels != IGNORE_INDEX).sum(1) - around_text).tolist()
         self.tally.over_budget += sum(
             n > b for n, b in zip(reference_tokens, self.decoder.budgets(durations), strict=True)

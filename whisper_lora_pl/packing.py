@@ -22,11 +22,9 @@ from torch.utils.data import Dataset
 from whisper_lora_pl.audio import SAMPLING_RATE, AudioError, load_audio
 from whisper_lora_pl.buckets import DurationBuckets
 from whisper_lora_pl.dataset import SpeechDataset
-from whisper_lora_pl.features import log_mel
+from whisper_lora_pl.features import TIME_STEP, log_mel
 
 log = logging.getLogger(__name__)
-
-TIME_STEP = 0.02  #: Whisper's timestamp grid, seconds
 
 
 @dataclass(frozen=True)
@@ -55,11 +53,12 @@ class PackedWindows(DurationBuckets):
         self,
         durations: Sequence[float],
         text_tokens: Sequence[int],
+        *,
         batch_size: int,
         context: float,
         longest_pause: float,
         max_label_length: int,
-        prompt_length: int = 3,
+        prompt_length: int,
         num_replicas: int = 1,
         rank: int = 0,
         seed: int = 0,
@@ -72,7 +71,8 @@ class PackedWindows(DurationBuckets):
         self.text_tokens = np.asarray(text_tokens)
         self.context, self.longest_pause, self.max_label_length = context, longest_pause, max_label_length
         self.prompt_length = prompt_length
-        super().__init__(durations, batch_size, None, 1, num_replicas, rank, seed, current_epoch)
+        shards = {"num_replicas": num_replicas, "rank": rank, "seed": seed, "current_epoch": current_epoch}
+        super().__init__(durations, batch_size, num_buckets=1, **shards)
         self.count = len(self.windows(0))
         batches = math.ceil(self.count / batch_size)
         self.batches = [math.ceil(batches / num_replicas) * num_replicas]
@@ -120,11 +120,12 @@ class PackedSpeech(Dataset):
     def __init__(
         self,
         clips: SpeechDataset,
+        *,
         pauses: tuple[float, float],
         timestamp_share: float,
         no_timestamps_id: int,
         end_id: int,
-        prompt_length: int = 3,
+        prompt_length: int,
     ) -> None:
         self.clips, self.pauses, self.timestamp_share = clips, pauses, timestamp_share
         self.prompt_length = prompt_length  # <|startoftranscript|><|lang|><|task|>: the labels before <|notimestamps|>

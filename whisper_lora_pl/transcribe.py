@@ -39,9 +39,10 @@ from whisper_lora_pl.audio import AUDIO_SUFFIXES
 from whisper_lora_pl.convert import resolve_model_name
 from whisper_lora_pl.decode import Decoder
 from whisper_lora_pl.longform import Sink, Transcripts, transcribe
-from whisper_lora_pl.merging import DTYPES, RunInfo, load_checkpoint, processor_for, trained_base
-from whisper_lora_pl.model import make_dynamic
+from whisper_lora_pl.merging import load_checkpoint, processor_for, trained_base
+from whisper_lora_pl.model import load_whisper
 from whisper_lora_pl.segments import DETECTORS
+from whisper_lora_pl.settings import DTYPES, RunInfo
 
 __all__ = ["Sink", "Transcripts", "Writer", "decoder_for", "find_audio", "load_model", "main", "srt", "transcribe"]
 
@@ -79,13 +80,12 @@ def load_model(
     if not model:
         raise ValueError("give --model, --adapter or --checkpoint")
     folder = resolve_model_name(model)
-    merged = WhisperForConditionalGeneration.from_pretrained(folder).to(device)
     info = RunInfo.read(folder)
+    # a dynamic encoder where the run had one: each piece cut at its own length, as the evaluation decoded it
+    merged = load_whisper(folder, *((info.encoder_length, info.encoder_min_seconds) if info else ())).to(device)
     if info is None:  # a Whisper folder from elsewhere: the language and task its generation config names
         config = merged.generation_config
         info = RunInfo(str(model), language=getattr(config, "language", None), task=getattr(config, "task", None))
-    if info.encoder_length == "dynamic":  # decode as the evaluation did: each piece cut at its own length
-        make_dynamic(merged, info.encoder_min_seconds)
     return merged, WhisperProcessor.from_pretrained(folder), info
 
 
