@@ -139,11 +139,14 @@ def test_the_guard_keeps_the_first_good_attempt_else_the_best(tiny, monkeypatch)
 
     def fake(features, budgets, temperature):
         calls.append((temperature, len(budgets)))
-        return scripted.get(temperature, [result("still", temperature, True, -0.05)] * len(budgets))
+        if temperature in scripted:
+            return [scripted[temperature].pop(0) for _ in budgets]
+        return [result("still", temperature, True, -0.05)] * len(budgets)
 
     monkeypatch.setattr(decoder, "_generate", fake)
     chosen = decoder(features(3), [1.0, 1.0, 1.0])
-    assert calls == [(0.0, 3), (0.2, 2), (0.4, 1), (0.6, 1)]  # only the clips still failing are decoded again
+    # only the clips still failing are decoded again, each alone when sampled
+    assert calls == [(0.0, 3), (0.2, 1), (0.2, 1), (0.4, 1), (0.6, 1)]
     assert [(c.text, c.attempts) for c in chosen] == [("fixed", 2), ("fine", 1), ("quiet", 4)]
 
     # with a log-probability floor an uncertain clip is retried too; if nothing passes, the best non-loop stays
@@ -214,3 +217,16 @@ def test_the_prompt_length_is_the_tokenizers_and_the_budget_leaves_room_for_it(t
 
 def _loaded(folder):
     return WhisperForConditionalGeneration.from_pretrained(folder).eval(), WhisperProcessor.from_pretrained(folder)
+
+
+def test_a_sampled_attempt_is_the_clips_own_whatever_shares_its_batch(tiny):
+    """The fallback samples each clip alone from the attempt's seed: in one batch, a row's draws would depend on
+    the rows beside it, and the evaluation's text (and CER) on the batch size and the number of DDP ranks."""
+    model, processor = tiny
+    settings = DecodingSettings(temperatures=(1.0,), min_tokens=8, tokens_per_second=0.0)
+    decoder = Decoder(model, processor.tokenizer, "zh", "transcribe", settings=settings)
+    batch = features(4)
+    together = [r.tokens for r in decoder(batch, [1.0] * 4)]
+    alone = [decoder(batch[row : row + 1], [1.0])[0].tokens for row in range(4)]
+    assert together == alone and together == [r.tokens for r in decoder(batch, [1.0] * 4)]
+    assert all(r.temperature == 1.0 for r in decoder(batch, [1.0] * 4))

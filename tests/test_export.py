@@ -297,7 +297,10 @@ def test_transcribe_long_and_bad_files(audio_folder, tmp_path):
     assert texts.keys() == {"long.wav", "nested.wav", "short.flac"}
     assert "bring these things with her from the store" in texts["short.flac"]
     assert "bring these things with her from the store" in texts["nested.wav"]  # 44.1 kHz stereo
-    assert texts["long.wav"].count("from the store") >= 7  # 9 repetitions in pieces of up to 30 s cut at pauses
+    # 9 repetitions in pieces of up to 30 s cut at pauses; the pieces repeat one sentence 3 times, which greedy
+    # decoding's text compresses like a loop: the guard samples them again (each clip alone, from the attempt's
+    # seed), and keeps the first attempt that passes, which on one piece wrote 2 of its 3 sentences
+    assert texts["long.wav"].count("store") >= 8
     # speech that really says one sentence 4 times in a piece compresses like a loop: the guard flags it
     assert [r["looped"] for r in result.records] == [True, False, False]
 

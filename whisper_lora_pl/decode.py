@@ -13,8 +13,9 @@
   retried, none of them a loop, CER 0.5301 -> 0.5324, `train.py test` 92 s -> 142 s). When every attempt
   fails, the best one is kept (faster-whisper's rule: not a loop if possible, then the highest log-probability),
   not the last one.
-  Sampling draws from a generator seeded by ``seed``, inside ``torch.random.fork_rng``: the same clips give the
-  same text every time, and the training's random stream is left untouched.
+  Sampling draws from a generator seeded by ``seed``, inside ``torch.random.fork_rng``, one clip at a time: a clip
+  gets the same text every time, whatever clips share its batch or its rank, and the training's random stream is
+  left untouched.
 
 Each clip's outcome (tokens, budget, temperature used, compression ratio, log-probability, whether it looped)
 comes back with the text, so evaluation can count loops instead of averaging them away.
@@ -208,8 +209,9 @@ class Decoder:
         pending = list(range(len(budgets)))
         encoded = self.encode(input_features, durations)  # once: the fallback's retries decode the same encoder states
         for step, temperature in enumerate(self.settings.temperatures or (0.0,)):
-            with torch.random.fork_rng(devices=_cuda_devices(encoded)):
-                torch.manual_seed(self.settings.seed + step)  # sampling is repeatable; greedy draws nothing
+            if temperature > 0:  # each clip samples alone, from the same seed: its draws never depend on its batch
+                results = [self._sampled(encoded[row : row + 1], budgets[row], temperature, step) for row in pending]
+            else:  # greedy (or beam search) draws nothing
                 results = self._generate(encoded[pending], [budgets[i] for i in pending], temperature)
             for row, result in zip(pending, results, strict=True):
                 attempts[row].append(result)
@@ -217,6 +219,14 @@ class Decoder:
             if not pending:
                 break
         return [self._choose(tries) for tries in attempts]
+
+    def _sampled(self, encoded: torch.Tensor, budget: int, temperature: float, step: int) -> Decoded:
+        """One clip's sampled attempt, repeatable (seeded by ``seed`` and the attempt) and its own: a batch samples
+        all its rows from one generator, so a clip's draw would move with the clips beside it (and the CER with the
+        batch size and the number of DDP ranks)."""
+        with torch.random.fork_rng(devices=_cuda_devices(encoded)):
+            torch.manual_seed(self.settings.seed + step)
+            return self._generate(encoded, [budget], temperature)[0]
 
     def isolating(
         self, input_features: torch.Tensor, durations: Sequence[float], lower: str = "the batch size", what: str = ""
@@ -287,10 +297,12 @@ class Decoder:
         """One ``generate`` over the batch up to its largest budget; each row is then cut at its own budget
         (the first N tokens of a longer decoding are what a decoding stopped at N would have written)."""
         sampling = temperature > 0
+        # the batch's largest budget: as max_length (Whisper's generate counts it after the prompt), unless the
+        # model's own generation config names max_new_tokens (an exported folder's cap, for transformers' pipeline),
+        # which would take precedence over it; transformers then warns that both are set (load_model clears it)
+        cap = "max_new_tokens" if self.model.generation_config.max_new_tokens is not None else "max_length"
         config = GenerationConfig(
-            # the batch's largest budget, given as max_new_tokens: a length in the model's own generation config
-            # (an exported folder's, for transformers' pipeline) would otherwise take precedence over it
-            max_new_tokens=max(budgets),
+            **{cap: max(budgets)},
             num_beams=1 if sampling else self.num_beams,
             return_dict_in_generate=True,
             output_logits=True,  # per row, beams included (Whisper's generate follows beam_indices)

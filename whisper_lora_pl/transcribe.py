@@ -86,6 +86,9 @@ def load_model(
     if info is None:  # a Whisper folder from elsewhere: the language and task its generation config names
         config = merged.generation_config
         info = RunInfo(str(model), language=getattr(config, "language", None), task=getattr(config, "task", None))
+    # the folder's max_new_tokens is transformers' pipeline's cap; the decoder sets each batch's length from its
+    # budgets instead (a cap left here would take precedence, see Decoder._generate)
+    merged.generation_config.max_new_tokens = None
     return merged, WhisperProcessor.from_pretrained(folder), info
 
 
