@@ -375,6 +375,10 @@ class WhisperDataModule(L.LightningDataModule):
         )
         return sampler, Batches(packed)
 
+    def training_batches(self) -> int:
+        """Batches of an epoch on this rank, counted without iterating (``WhisperLoRA`` sizes its schedule by it)."""
+        return len(self._loader("train", self.batch_size, shuffle=True))
+
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.batch_size, shuffle=True)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -484,9 +485,23 @@ class WhisperLoRA(L.LightningModule):
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
         optimizer = self.optimizer_factory(params)
-        total = int(self.trainer.estimated_stepping_batches)
+        total = self._total_steps()
         schedule = warmup_then(optimizer, self.hparams.lr_schedule, self.hparams.warmup_steps, total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def _total_steps(self) -> int:
+        """The run's optimizer steps, as ``trainer.estimated_stepping_batches`` counts them, but from the datamodule's
+        own count of training batches: Lightning's estimate builds the train loader before a checkpoint is restored,
+        and a loader built then never gets its saved position back (Lightning issue 20550), so a run resumed
+        mid-epoch with ``max_epochs`` set (the demo's) would start its epoch again. A test resumes the demo."""
+        trainer = self.trainer
+        datamodule = getattr(trainer, "datamodule", None)
+        if trainer.max_epochs in (None, -1) or not hasattr(datamodule, "training_batches"):
+            return int(trainer.estimated_stepping_batches)  # no loader built when max_epochs is -1
+        batches, limit = datamodule.training_batches(), trainer.limit_train_batches
+        batches = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
+        steps = math.ceil(batches / trainer.accumulate_grad_batches) * max(trainer.max_epochs, 1)
+        return min(steps, trainer.max_steps) if trainer.max_steps != -1 else steps
 
     def trainable_keys(self) -> set[str]:
         return {name for name, param in self.named_parameters() if param.requires_grad}
