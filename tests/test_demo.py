@@ -139,14 +139,28 @@ def evaluated_texts(folder: Path) -> dict[str, str]:
     return {r["id"]: r["hypothesis"] for r in records}
 
 
+#: paths that cannot give the evaluation's text on every clip, and why; each may change at most this many clips
+INEXACT = {
+    # transformers' own generate on the merged folder: every clip padded to the 30 s window (the evaluation's
+    # dynamic encoder cut it a second after its speech), no token budget, no loop guard
+    "pipeline(merged)": 12,
+    # the tutorial's inference: the int8 base's bitsandbytes kernels under the adapters (the evaluation decoded the
+    # merged float32 weights), every clip padded to 30 s
+    "tutorial section 6 on the adapter": 12,
+    # CTranslate2's int8 kernels, every clip padded to 30 s, its own greedy search and fallback sampling
+    "faster-whisper on ctranslate2 (int8)": 24,
+}
+
+
 @pytest.mark.slow
 def test_what_users_take_home_transcribes_as_the_evaluation_said(demo, tmp_path, request):
-    """Every way a user decodes the fine-tuned model, on the held-out test split, against the evaluation.
-    ``transcribe --model`` and faster-whisper decode all 48 clips; the adapter folder, the pipeline and the
-    tutorial's code (tests/test_export.py checks that each loads the trained weights, on a tiny model) decode
-    every other clip, against the evaluation's CER on those clips (the tutorial's int8 pipeline differed from it by at
-    most 0.015 on either half, at 30 s and 15 s). faster-whisper at Whisper's 30 s context only: export
-    refuses a shorter one (whisper_lora_pl.deploy)."""
+    """Every way a user decodes the fine-tuned model, on the held-out test split, against the evaluation's text of
+    each clip. Our decoding on every take-home form of the weights (``transcribe`` of the merged folder, the adapter
+    folder, the checkpoint) gives the evaluation's text on every clip. The paths that run without our decoding
+    (transformers' pipeline, the tutorial's code, faster-whisper) cannot be identical (``INEXACT`` says why): each
+    names the clips it changes, and their number is bounded. ``transcribe --model`` and faster-whisper decode all
+    48 clips, the others every other clip. faster-whisper at Whisper's 30 s context only: export refuses a shorter
+    one (whisper_lora_pl.deploy)."""
     history, evaluation_seconds, checkpoint, folder = demo
     evaluated = history[-1][1]
     assert evaluated["val/looped"] == 0
@@ -158,33 +172,37 @@ def test_what_users_take_home_transcribes_as_the_evaluation_said(demo, tmp_path,
     some = slice(0, None, 2)
     subset_clips, subset_references = clips[some], references[some]
     subset_evaluation = cer([by_clip[c.name] for c in subset_clips], subset_references)
-    figures = {"evaluation": (evaluated["val/cer"], evaluated["val/cer"], evaluation_seconds)}
+    figures = {"evaluation": (evaluated["val/cer"], evaluated["val/cer"], evaluation_seconds, [])}
 
-    def decoded(name: str, texts: list[str], seconds: float) -> None:
-        """The path's CER against the evaluation's on the same clips."""
+    def decoded(name: str, chosen: list[Path], texts: list[str], seconds: float) -> None:
+        """The path's CER against the evaluation's on the same clips, and the clips whose text differs."""
         subset = len(texts) < len(clips)
         reference = subset_evaluation if subset else evaluated["val/cer"]
-        figures[name] = (cer(texts, subset_references if subset else references), reference, seconds)
+        differ = [c.name for c, text in zip(chosen, texts, strict=True) if text.strip() != by_clip[c.name].strip()]
+        figures[name] = (cer(texts, subset_references if subset else references), reference, seconds, differ)
 
-    # (--checkpoint builds what the evaluation decoded with, by the same code: tests/test_export.py checks that)
-    for mode, source, chosen in (("model", written["merged"], clips), ("adapter", written["adapter"], subset_clips)):
+    for mode, source, chosen in (
+        ("model", written["merged"], clips),
+        ("adapter", written["adapter"], subset_clips),
+        ("checkpoint", checkpoint, subset_clips),
+    ):
         model, processor, info = load_model(**{mode: str(source)})
         decoder = decoder_for(model, processor, info)
         start = time.perf_counter()
         result = transcribe(chosen, decoder, processor.feature_extractor, batch_size=16)
         seconds = time.perf_counter() - start
         assert not result.failed and not any(r["looped"] for r in result.records)
-        decoded(f"transcribe --{mode}", [r["text"] for r in result.records], seconds)
+        decoded(f"transcribe --{mode}", chosen, [r["text"] for r in result.records], seconds)
 
     asr = pipeline("automatic-speech-recognition", model=str(written["merged"]), device="cpu")
     start = time.perf_counter()
     audio = [{"raw": load_audio(c), "sampling_rate": 16_000} for c in subset_clips]
     piped = [o["text"] for o in asr(audio, batch_size=16)]
-    decoded("pipeline(merged)", piped, time.perf_counter() - start)
+    decoded("pipeline(merged)", subset_clips, piped, time.perf_counter() - start)
 
     start = time.perf_counter()
     tutorial = tutorial_section_6(written["adapter"], subset_clips, pipeline_kwargs(RunInfo.read(written["adapter"])))
-    decoded("tutorial section 6 on the adapter", tutorial, time.perf_counter() - start)
+    decoded("tutorial section 6 on the adapter", subset_clips, tutorial, time.perf_counter() - start)
 
     fast = []
     if full_context:
@@ -194,19 +212,50 @@ def test_what_users_take_home_transcribes_as_the_evaluation_said(demo, tmp_path,
         kwargs = faster_whisper_kwargs(RunInfo.read(written["ctranslate2"]))
         start = time.perf_counter()
         fast = ["".join(s.text for s in deployed.transcribe(load_audio(c), **kwargs)[0]) for c in clips]
-        decoded("faster-whisper on ctranslate2 (int8)", fast, time.perf_counter() - start)
+        decoded("faster-whisper on ctranslate2 (int8)", clips, fast, time.perf_counter() - start)
 
     print(f"evaluation on every other clip: CER {subset_evaluation:.4f}")
-    for name, (value, reference, seconds) in figures.items():
-        print(f"{name:36s} CER {value:.4f} ({value - reference:+.4f})  {seconds:6.1f} s")
-    for name, (value, reference, _) in figures.items():
-        assert abs(value - reference) <= 0.03, name
+    for name, (value, reference, seconds, differ) in figures.items():
+        print(f"{name:36s} CER {value:.4f} ({value - reference:+.4f})  {seconds:6.1f} s  {len(differ)} clips differ")
+        if differ:
+            print(f"  {', '.join(differ)}")
+    for name, (_, _, _, differ) in figures.items():
+        assert len(differ) <= INEXACT.get(name, 0), (name, differ)
     # transcribe also runs silero-vad on every file and reads audio in its one process, where the evaluation's 2
     # workers read ahead: a fixed 2-3 s, which the dynamic encoder's short evaluation made visible (6.6 s against
     # 9.7 s on 2026-12-03). The thread count silero-vad used to take is tested on its own (test_segments.py).
     assert figures["transcribe --model"][2] <= 1.5 * evaluation_seconds + 2.0
     for text in piped + tutorial + fast:  # the paths that run without our decode.py: no runaway output either
         assert len(text) < 40 and compression_ratio(text) < 2.4, text
+
+
+@pytest.mark.slow
+def test_the_readme_quick_start_serves_the_demo_checkpoint_in_a_browser(demo, tmp_path):
+    """The README's quick start, both commands: the demo's fit (the fixture runs configs/demo.yaml) and
+    ``python -m whisper_lora_pl.app --checkpoint runs/demo/checkpoints/last.ckpt``, driven in Chromium. For held-out
+    clips the page shows what ``transcribe --checkpoint`` writes, clip by clip."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.test_app import CHROMIUM, serve, submit
+    from whisper_lora_pl.transcribe import main as transcribe_main
+
+    _, _, checkpoint, folder = demo
+    clips = held_out_split()[0][:3]
+    assert transcribe_main([*map(str, clips), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "out")]) == 0
+    lines = (tmp_path / "out" / "transcripts.jsonl").read_text(encoding="utf-8").splitlines()
+    written = {Path(r["path"]).name: r["text"] for r in map(json.loads, lines)}
+    by_clip = evaluated_texts(folder)
+    assert all(written[c.name].strip() == by_clip[c.name].strip() for c in clips)  # and the evaluation's
+    log = tmp_path / "app.log"
+    with serve("--checkpoint", str(checkpoint), log=log, wait_s=300) as url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page()
+        for clip in clips:
+            page.goto(url)
+            status = submit(page, clip)
+            assert "Error" not in status and "segment(s)" in status, status
+            assert page.locator("#text textarea").input_value() == written[clip.name], clip.name
+        browser.close()
 
 
 @pytest.mark.slow

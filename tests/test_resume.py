@@ -239,3 +239,24 @@ def test_a_signal_during_training_leaves_a_resumable_checkpoint(tiny_model, cv_r
     resumed = train_py("fit", *resume, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert torch.load(last, weights_only=False)["global_step"] == step + 1
+
+
+@pytest.mark.parametrize(
+    ("epochs", "steps", "limit", "accumulate"), [(2, -1, 1.0, 1), (3, 5, 1.0, 1), (2, -1, 0.5, 2), (2, -1, 1, 1)]
+)
+def test_the_schedules_length_is_lightnings_estimate(
+    tiny_model, cv_release, tmp_path, epochs, steps, limit, accumulate
+):
+    """``WhisperLoRA._total_steps`` counts the datamodule's batches itself (Lightning's estimate would build the
+    train loader before a resume restores it): the same number as ``trainer.estimated_stepping_batches``."""
+    cli = fit(
+        tiny_model,
+        cv_release,
+        tmp_path / "run",
+        "--data.train_split=train+dev",  # 6 clips in batches of 2: 3 batches an epoch
+        f"--trainer.max_epochs={epochs}",
+        f"--trainer.max_steps={steps}",
+        f"--trainer.limit_train_batches={limit}",
+        f"--trainer.accumulate_grad_batches={accumulate}",
+    )
+    assert cli.model._total_steps() == cli.trainer.estimated_stepping_batches
