@@ -4,7 +4,8 @@
     python -m whisper_lora_pl.transcribe clips/ --adapter exported/adapter --out transcripts/
     python -m whisper_lora_pl.transcribe clips/ --checkpoint runs/demo/checkpoints/last.ckpt --out transcripts/
 
-Decodes exactly as the evaluation did (``whisper_lora_pl.decode``): the trained language and task (read from the
+Decodes each piece exactly as the evaluation decodes a clip (``whisper_lora_pl.decode``; what silero-vad hears no
+speech in is not decoded at all): the trained language and task (read from the
 checkpoint or the exported folder, never detected unless ``--language auto``), no timestamp tokens, a token budget
 from each clip's duration and the loop guard. Adapters are merged into the base as it was in training (quantized,
 then dequantized), as export does. Any format and rate soundfile reads. A file up to ``--max-segment`` seconds is
