@@ -59,10 +59,10 @@ def run_ours(t0: float, a: argparse.Namespace, out: Path) -> dict:
     import lightning as L
     import torch
 
-    from whisper_lora_pl.data import WhisperDataModule
-    from whisper_lora_pl.decode import DecodingSettings
-    from whisper_lora_pl.module import WhisperLoRA
-    from whisper_lora_pl.sources import CommonVoiceFolder
+    from whisper_lora_pl.data.datamodule import WhisperDataModule
+    from whisper_lora_pl.data.sources import CommonVoiceFolder
+    from whisper_lora_pl.decoding.decode import DecodingSettings
+    from whisper_lora_pl.training.module import WhisperLoRA
 
     class Clock(L.Callback):
         def __init__(self) -> None:
@@ -164,7 +164,7 @@ def child(a: argparse.Namespace) -> None:
     """One measured run, in this process; prints its result as the last line."""
     t0 = time.perf_counter() - (time.time() - a.started)  # count from the moment the parent launched us
     if a.impl != "theirs" and a.workers > 0:  # what train.py does first thing
-        from whisper_lora_pl.workers import start_worker_server
+        from whisper_lora_pl.data.workers import start_worker_server
 
         start_worker_server()
     import torch

@@ -25,7 +25,7 @@ def one_run(context: float, seed: int, extra: list[str]) -> dict:
     """Runs in the child process: fit the demo, time the training steps and the evaluation pass."""
     from demo_run import Clock, demo_args
 
-    from whisper_lora_pl.cli import main
+    from whisper_lora_pl.training.cli import main
 
     with tempfile.TemporaryDirectory() as folder:
         cli = main(demo_args(folder, seed, f"--model.context_seconds={context}", *extra), run=False)

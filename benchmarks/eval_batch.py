@@ -30,7 +30,7 @@ def main() -> None:
 
     import torch
 
-    from whisper_lora_pl.cli import main as cli_main
+    from whisper_lora_pl.training.cli import main as cli_main
 
     torch.set_num_threads(args.threads)
     trained = torch.load(args.checkpoint, map_location="cpu", weights_only=True)["hyper_parameters"]

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig, WhisperForConditionalGeneration, WhisperProcessor
 
-from whisper_lora_pl.audio import load_audio
+from whisper_lora_pl.data.audio import load_audio
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -6,7 +6,7 @@
 
 Random weights (speed and memory do not depend on the values: a random decoder writes until its budget, so every
 clip costs the same ``--tokens``) in the shape of whisper-large-v2 (``gpu_train_memory.LARGE_V2``). Per setting it
-decodes ``--clips`` clips with the shared routine (``whisper_lora_pl.decode``, no loop guard) under 16-bit
+decodes ``--clips`` clips with the shared routine (``whisper_lora_pl.decoding.decode``, no loop guard) under 16-bit
 autocast, two ways: ``training``, the int8 / nf4 base with its adapters (what the tutorial evaluates with, and
 ``model.evaluate_merged: false``), and ``merged``, the copy evaluation builds by default from the training model's
 weights in memory (``merging.merged_in_memory``, in float16 on a GPU as in a ``16-mixed`` run, float32 on the CPU).
@@ -27,10 +27,10 @@ import torch
 from gpu_train_memory import LARGE_V2, make_model_folder  # beside this script
 from transformers import WhisperTokenizer
 
-from whisper_lora_pl.decode import Decoder, DecodingSettings
-from whisper_lora_pl.merging import merged_in_memory
-from whisper_lora_pl.model import build_whisper_lora
-from whisper_lora_pl.settings import RunInfo
+from whisper_lora_pl.decoding.decode import Decoder, DecodingSettings
+from whisper_lora_pl.model.build import build_whisper_lora
+from whisper_lora_pl.model.merging import merged_in_memory
+from whisper_lora_pl.model.settings import RunInfo
 
 TINY = LARGE_V2 | dict(d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
                        decoder_attention_heads=2, encoder_ffn_dim=128, decoder_ffn_dim=128)  # fmt: skip

@@ -130,7 +130,7 @@ def main() -> int:
     differ = sorted(clip for clip in evaluated if (decoded.get(clip) or "").strip() != evaluated[clip].strip())
     ok.append(verdict("export --device + transcribe on the device", not differ, f"clips whose text differs: {differ}"))
 
-    from whisper_lora_pl.model import nf4_compute_dtype
+    from whisper_lora_pl.model.build import nf4_compute_dtype
 
     dtype = nf4_compute_dtype(device)
     expected = (torch.bfloat16 if torch.cuda.is_bf16_supported(False) else torch.float16) if gpu else torch.float32

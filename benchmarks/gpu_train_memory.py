@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration, WhisperProcessor
 
-from whisper_lora_pl.module import WhisperLoRA
+from whisper_lora_pl.training.module import WhisperLoRA
 
 LARGE_V2 = dict(
     vocab_size=51865,

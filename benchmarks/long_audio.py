@@ -30,10 +30,10 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from whisper_lora_pl.audio import SAMPLING_RATE, load_audio
-from whisper_lora_pl.features import log_mel
-from whisper_lora_pl.text import ErrorRates
-from whisper_lora_pl.transcribe import decoder_for, load_model, transcribe
+from whisper_lora_pl.data.audio import SAMPLING_RATE, load_audio
+from whisper_lora_pl.data.features import log_mel
+from whisper_lora_pl.decoding.text import ErrorRates
+from whisper_lora_pl.takehome.transcribe import decoder_for, load_model, transcribe
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_TSV = REPO / "data" / "demo-zh-CN" / "zh-CN" / "test.tsv"
@@ -131,8 +131,8 @@ def takehome(checkpoint: str, built: dict, decoder, extractor, folder: Path, gre
     import faster_whisper
     from transformers import pipeline
 
-    from whisper_lora_pl.deploy import faster_whisper_kwargs
-    from whisper_lora_pl.export import RunInfo, export, long_form_code, long_form_kwargs
+    from whisper_lora_pl.takehome.deploy import faster_whisper_kwargs
+    from whisper_lora_pl.takehome.export import RunInfo, export, long_form_code, long_form_kwargs
 
     written = export(Path(checkpoint), folder / "export", ("merged",), ctranslate2="float32")
     info = RunInfo.read(written["merged"])

@@ -4,7 +4,7 @@
 
 Decodes the demo's long sets (``configs/demo.yaml``'s ``data.eval_sets`` of kind ``long``) as ``transcribe`` does,
 once cut only where a piece would pass 30 s (what ``transcribe`` did before ``--piece-seconds``) and once in pieces of
-the checkpoint's recorded length, and prints each set's figures side by side (``whisper_lora_pl.evalrun``).
+the checkpoint's recorded length, and prints each set's figures side by side (``whisper_lora_pl.training.evalrun``).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from whisper_lora_pl.evalrun import evaluate_sets
-from whisper_lora_pl.evalsets import EvalSet, load_set
-from whisper_lora_pl.transcribe import decoder_for, load_model
+from whisper_lora_pl.data.evalsets import EvalSet, load_set
+from whisper_lora_pl.takehome.transcribe import decoder_for, load_model
+from whisper_lora_pl.training.evalrun import evaluate_sets
 
 REPO = Path(__file__).resolve().parent.parent
 SHOWN = ("cer", "cue_cer", "cue_start_median", "cue_end_median", "cues_per_segment", "silence_chars")

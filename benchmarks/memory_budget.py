@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from whisper_lora_pl.memory import Peak, Shape, resident_bytes, train_once
+from whisper_lora_pl.training.memory import Peak, Shape, resident_bytes, train_once
 
 GIB = 2**30
 
@@ -47,9 +47,9 @@ class _Precision:
 def child(args: argparse.Namespace) -> None:
     from transformers.modeling_outputs import BaseModelOutput
 
-    from whisper_lora_pl.merging import merged_in_memory, with_adapters
-    from whisper_lora_pl.module import WhisperLoRA
-    from whisper_lora_pl.settings import RunInfo
+    from whisper_lora_pl.model.merging import merged_in_memory, with_adapters
+    from whisper_lora_pl.model.settings import RunInfo
+    from whisper_lora_pl.training.module import WhisperLoRA
 
     device = torch.device(args.device)
     torch.manual_seed(0)

@@ -45,7 +45,7 @@ SETS = ("clean", "babble 10 dB", "babble 0 dB", "speed 0.9", "speed 1.1")
 
 def build_sets(folder: Path, seed: int = 0) -> dict[str, Path]:
     """Common Voice-like folders (``ROOT/zh-CN/test.tsv`` and clips) of the demo's test split, one per set."""
-    from whisper_lora_pl.audio import load_audio
+    from whisper_lora_pl.data.audio import load_audio
 
     rows = list(csv.DictReader((DEMO / "test.tsv").open(encoding="utf-8"), delimiter="\t"))
     waves = [load_audio(DEMO / "clips" / row["path"]) for row in rows]
@@ -82,9 +82,9 @@ def build_sets(folder: Path, seed: int = 0) -> dict[str, Path]:
 def worker_cost(repeats: int = 3) -> None:
     """Milliseconds a DataLoader worker spends on a demo training clip (decode, augment, log-mel) per setting of the
     audio: what each kind adds to the data side (the best of ``repeats`` passes over the 160 clips)."""
-    from whisper_lora_pl.augment import Augment
-    from whisper_lora_pl.data import WhisperDataModule
-    from whisper_lora_pl.sources import CommonVoiceFolder
+    from whisper_lora_pl.data.augment import Augment
+    from whisper_lora_pl.data.datamodule import WhisperDataModule
+    from whisper_lora_pl.data.sources import CommonVoiceFolder
 
     settings = {
         "none": Augment(),
@@ -119,8 +119,8 @@ def one_run(setting: str, seed: int, roots: dict[str, str], extra: list[str]) ->
     """Runs in the child process: fit the demo with ``setting``, time the training steps, evaluate every set."""
     from demo_run import Clock, demo_args
 
-    from whisper_lora_pl.cli import main
-    from whisper_lora_pl.sources import CommonVoiceFolder
+    from whisper_lora_pl.data.sources import CommonVoiceFolder
+    from whisper_lora_pl.training.cli import main
 
     with tempfile.TemporaryDirectory() as folder:
         limit = "--trainer.limit_val_batches=0"

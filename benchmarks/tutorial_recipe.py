@@ -39,7 +39,7 @@ from transformers import (
     WhisperProcessor,
 )
 
-from whisper_lora_pl.audio import load_audio
+from whisper_lora_pl.data.audio import load_audio
 
 
 @dataclass
@@ -148,7 +148,7 @@ def run(
     if not evaluate:
         return {"first_batch": clock.first_begin, "step_ends": clock.step_ends, "losses": clock.losses}
 
-    from whisper_lora_pl.text import ErrorRates
+    from whisper_lora_pl.decoding.text import ErrorRates
 
     loader = torch.utils.data.DataLoader(
         tokenized["test"], batch_size=eval_batch_size, collate_fn=collator, num_workers=workers

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import soundfile as sf
 
-from whisper_lora_pl.audio import load_audio, resample
-from whisper_lora_pl.sources import CV11_COLUMNS
+from whisper_lora_pl.data.audio import load_audio, resample
+from whisper_lora_pl.data.sources import CV11_COLUMNS
 
 WHO = ["我", "你", "他", "她", "我们", "他们", "老师", "学生", "妈妈", "爸爸", "朋友", "哥哥", "妹妹", "医生"]
 WHEN = ["今天", "明天", "昨天", "早上", "晚上", "下午", "周末", "现在"]

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from whisper_lora_pl.audio import SAMPLING_RATE, load_audio
+from whisper_lora_pl.data.audio import SAMPLING_RATE, load_audio
 
 SENTENCES = [
     "The weather was cold, so we stayed inside all morning.",

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from whisper_lora_pl.audio import SAMPLING_RATE, load_audio
+from whisper_lora_pl.data.audio import SAMPLING_RATE, load_audio
 
 REPO = Path(__file__).resolve().parent.parent
 TEST = REPO / "data" / "demo-zh-CN" / "zh-CN"

@@ -14,7 +14,7 @@ import pytest
 import soundfile as sf
 
 from whisper_lora_pl.convert import tiny_whisper
-from whisper_lora_pl.sources import CV11_COLUMNS
+from whisper_lora_pl.data.sources import CV11_COLUMNS
 
 REPO = Path(__file__).resolve().parent.parent
 SENTENCES = ["今天天气很好", "我们去公园散步", "这是一个测试", "请把门关上", "他喜欢喝茶", "明天见"]

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, sync_playwright
 
-from whisper_lora_pl.transcribe import decoder_for, load_model, srt, transcribe
+from whisper_lora_pl.takehome.transcribe import decoder_for, load_model, srt, transcribe
 
 REPO = Path(__file__).resolve().parent.parent
 CLIP = REPO / "tests" / "assets" / "en_stella.flac"

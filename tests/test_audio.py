@@ -3,7 +3,7 @@ import pytest
 import soundfile as sf
 
 from tests.conftest import tone, write_clip
-from whisper_lora_pl.audio import AudioError, audio_duration, load_audio
+from whisper_lora_pl.data.audio import AudioError, audio_duration, load_audio
 
 
 @pytest.mark.parametrize("suffix", [".wav", ".flac", ".mp3", ".ogg"])

@@ -9,10 +9,10 @@ import soundfile as sf
 import torch
 
 from tests.conftest import REPO, tone
-from whisper_lora_pl.audio import SAMPLING_RATE, load_audio
-from whisper_lora_pl.augment import Augment, Augmenter, coloured, noise_files
-from whisper_lora_pl.cli import main
-from whisper_lora_pl.specaugment import SpecAugment
+from whisper_lora_pl.data.audio import SAMPLING_RATE, load_audio
+from whisper_lora_pl.data.augment import Augment, Augmenter, coloured, noise_files
+from whisper_lora_pl.training.cli import main
+from whisper_lora_pl.training.specaugment import SpecAugment
 
 CLIP = load_audio(REPO / "tests" / "assets" / "en_stella.flac")  # 5.25 s of speech, peak well under 1
 
@@ -97,7 +97,7 @@ def test_bad_settings_and_noise_folders_are_refused_at_start_up(tmp_path):
 def test_spec_augment_masks_the_clips_frames_never_the_padding(tiny_model):
     """The masks land inside each clip's frames only, the batch is left as loaded, (seed, step, clip) decide them,
     and no global generator is drawn from or moved."""
-    from whisper_lora_pl.module import WhisperLoRA
+    from whisper_lora_pl.training.module import WhisperLoRA
 
     module = WhisperLoRA(
         model_name=str(tiny_model),

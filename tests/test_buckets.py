@@ -5,7 +5,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from whisper_lora_pl.buckets import DurationBuckets
+from whisper_lora_pl.data.buckets import DurationBuckets
 
 DURATIONS = np.random.default_rng(0).uniform(1.5, 10.0, 203).round(2).tolist()
 

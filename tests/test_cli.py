@@ -7,9 +7,9 @@ import torch
 import yaml
 
 from tests.conftest import REPO, tiny_args
-from whisper_lora_pl.cli import WhisperCLI, main
-from whisper_lora_pl.data import WhisperDataModule
-from whisper_lora_pl.module import WhisperLoRA
+from whisper_lora_pl.data.datamodule import WhisperDataModule
+from whisper_lora_pl.training.cli import WhisperCLI, main
+from whisper_lora_pl.training.module import WhisperLoRA
 
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import torch
 
 from tests.conftest import tiny_args, train_py
-from whisper_lora_pl.curves import TrainingCurves
+from whisper_lora_pl.training.curves import TrainingCurves
 
 
 def test_a_fit_prints_no_line_per_batch_and_leaves_tensorboard_csv_and_curves(tiny_model, cv_release, tmp_path):

@@ -7,13 +7,13 @@ import torch
 from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperProcessor, pipeline
 
 from tests.conftest import REPO, make_cv_release, tiny_args, write_clip
-from whisper_lora_pl.audio import load_audio
-from whisper_lora_pl.cli import main
-from whisper_lora_pl.deploy import to_ctranslate2
-from whisper_lora_pl.export import RunInfo, export
-from whisper_lora_pl.features import log_mel, set_feature_context
-from whisper_lora_pl.model import build_whisper_lora, count_parameters, set_context
-from whisper_lora_pl.transcribe import decoder_for, load_model, transcribe
+from whisper_lora_pl.data.audio import load_audio
+from whisper_lora_pl.data.features import log_mel, set_feature_context
+from whisper_lora_pl.model.build import build_whisper_lora, count_parameters, set_context
+from whisper_lora_pl.takehome.deploy import to_ctranslate2
+from whisper_lora_pl.takehome.export import RunInfo, export
+from whisper_lora_pl.takehome.transcribe import decoder_for, load_model, transcribe
+from whisper_lora_pl.training.cli import main
 
 
 def test_a_shorter_context_is_whisper_with_the_first_positions(tiny_model):

@@ -7,9 +7,9 @@ import torch
 from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
 from tests.conftest import REPO
-from whisper_lora_pl.audio import load_audio
 from whisper_lora_pl.convert import convert, read_ctranslate2, resolve_model_name, shipped_sources
-from whisper_lora_pl.text import TextNormalizer
+from whisper_lora_pl.data.audio import load_audio
+from whisper_lora_pl.decoding.text import TextNormalizer
 
 STELLA = "Please call Stella and ask her to bring these things with her from the store."  # espeak-ng en+m3, 130 wpm
 

@@ -2,8 +2,8 @@
 
 import itertools
 
-from whisper_lora_pl.cues import readable, width
-from whisper_lora_pl.transcribe import srt
+from whisper_lora_pl.decoding.cues import readable, width
+from whisper_lora_pl.takehome.transcribe import srt
 
 CHINESE = "今天天气很好，我们一起去公园散步吧。然后去吃午饭，下午再回家休息一下，晚上看电影。"  # 41 characters
 ENGLISH = "Please call Stella and ask her to bring these things with her from the store."

@@ -10,10 +10,10 @@ import torch
 from transformers import WhisperProcessor
 
 from tests.conftest import SENTENCES, make_cv_release, write_clip, write_tsv
-from whisper_lora_pl.audio import audio_duration, load_audio
-from whisper_lora_pl.collate import SpeechCollator, UnrepeatedDistributedSampler
-from whisper_lora_pl.data import WhisperDataModule
-from whisper_lora_pl.sources import CommonVoiceFolder, DataCollective, HubDataset, Manifest
+from whisper_lora_pl.data.audio import audio_duration, load_audio
+from whisper_lora_pl.data.collate import SpeechCollator, UnrepeatedDistributedSampler
+from whisper_lora_pl.data.datamodule import WhisperDataModule
+from whisper_lora_pl.data.sources import CommonVoiceFolder, DataCollective, HubDataset, Manifest
 
 SOT = 50258
 

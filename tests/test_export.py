@@ -13,14 +13,14 @@ from peft import PeftModel
 from transformers import WhisperForConditionalGeneration, WhisperProcessor, pipeline
 
 from tests.conftest import REPO, tiny_args
-from whisper_lora_pl.audio import load_audio
-from whisper_lora_pl.cli import main
-from whisper_lora_pl.export import RunInfo, card_metadata, export, trained_base
-from whisper_lora_pl.features import log_mel
-from whisper_lora_pl.merging import QUANTIZED, merged_in_memory, with_adapters
-from whisper_lora_pl.model import DynamicLengthEncoder, load_base
-from whisper_lora_pl.module import WhisperLoRA
-from whisper_lora_pl.transcribe import decoder_for, find_audio, load_model, transcribe, write
+from whisper_lora_pl.data.audio import load_audio
+from whisper_lora_pl.data.features import log_mel
+from whisper_lora_pl.model.build import DynamicLengthEncoder, load_base
+from whisper_lora_pl.model.merging import QUANTIZED, merged_in_memory, with_adapters
+from whisper_lora_pl.takehome.export import RunInfo, card_metadata, export, trained_base
+from whisper_lora_pl.takehome.transcribe import decoder_for, find_audio, load_model, transcribe, write
+from whisper_lora_pl.training.cli import main
+from whisper_lora_pl.training.module import WhisperLoRA
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def test_predict_writes_hypotheses_without_references(tiny_model, cv_release, tr
         [
             "predict",
             *tiny_args(tiny_model, cv_release, tmp_path),
-            "--data.source=whisper_lora_pl.sources.Manifest",
+            "--data.source=whisper_lora_pl.data.sources.Manifest",
             f"--data.source.init_args.files={{predict: {manifest}}}",
             "--data.source.init_args.text_column=null",
             "--data.predict_split=predict",

@@ -16,13 +16,13 @@ from transformers import WhisperFeatureExtractor
 
 from tests.conftest import tiny_args, tone, write_tsv
 from tests.test_resume import nan_run
-from whisper_lora_pl.audio import AudioError, audio_duration, load_audio
-from whisper_lora_pl.cli import main
-from whisper_lora_pl.decode import Decoded, Decoder, DecodingOutOfMemory
-from whisper_lora_pl.features import log_mel
-from whisper_lora_pl.sources import CommonVoiceFolder, Manifest
-from whisper_lora_pl.transcribe import Writer, decoder_for, load_model, transcribe
-from whisper_lora_pl.transcribe import main as transcribe_main
+from whisper_lora_pl.data.audio import AudioError, audio_duration, load_audio
+from whisper_lora_pl.data.features import log_mel
+from whisper_lora_pl.data.sources import CommonVoiceFolder, Manifest
+from whisper_lora_pl.decoding.decode import Decoded, Decoder, DecodingOutOfMemory
+from whisper_lora_pl.takehome.transcribe import Writer, decoder_for, load_model, transcribe
+from whisper_lora_pl.takehome.transcribe import main as transcribe_main
+from whisper_lora_pl.training.cli import main
 
 RATE = 48_000
 

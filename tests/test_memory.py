@@ -11,9 +11,9 @@ from transformers import WhisperForConditionalGeneration
 
 from tests.conftest import REPO, tiny_args
 from tests.test_resume import adapters, losses
-from whisper_lora_pl.batch_probe import probe
-from whisper_lora_pl.cli import main
-from whisper_lora_pl.memory import MemoryCheck, OutOfMemoryBudget
+from whisper_lora_pl.training.batch_probe import probe
+from whisper_lora_pl.training.cli import main
+from whisper_lora_pl.training.memory import MemoryCheck, OutOfMemoryBudget
 
 #: 6 training clips (train + dev) and 2 test clips: one bucket, batches of 2 by default
 SPLITS = ("--data.train_split=train+dev", "--data.val_split=test")
@@ -93,7 +93,7 @@ def test_an_impossible_training_batch_stops_the_run_before_step_1_with_a_value_t
     """The full window (a share of steps keeps it) and the most clips a batch holds; the value it names passes."""
     monkeypatch.setattr(WhisperForConditionalGeneration, "forward", out_of_memory_above(training=2))
     steps = []
-    monkeypatch.setattr("whisper_lora_pl.module.WhisperLoRA.on_train_batch_end", lambda *a: steps.append(1))
+    monkeypatch.setattr("whisper_lora_pl.training.module.WhisperLoRA.on_train_batch_end", lambda *a: steps.append(1))
     with pytest.raises(OutOfMemoryBudget, match=message) as caught:
         run(tiny_model, cv_release, tmp_path / "worst", setting, *DYNAMIC)
     assert steps == []  # not one step was taken

@@ -2,9 +2,9 @@ import bitsandbytes as bnb
 import pytest
 import torch
 
-from whisper_lora_pl.model import LoraSettings, build_whisper_lora, count_parameters, quantization_config
-from whisper_lora_pl.module import WhisperLoRA, warmup_then
-from whisper_lora_pl.settings import RunInfo
+from whisper_lora_pl.model.build import LoraSettings, build_whisper_lora, count_parameters, quantization_config
+from whisper_lora_pl.model.settings import RunInfo
+from whisper_lora_pl.training.module import WhisperLoRA, warmup_then
 
 # tiny model: d_model 64, 2 encoder + 2 decoder layers. LoRA r=8 on q_proj and v_proj adds r * (64 + 64) = 1024
 # weights per projection; encoder layers have 2 (self-attention), decoder layers 4 (self- and cross-attention).

@@ -11,12 +11,12 @@ from transformers import WhisperProcessor
 
 from tests.conftest import tiny_args
 from tests.test_resume import adapters, fit, losses
-from whisper_lora_pl.audio import SAMPLING_RATE
-from whisper_lora_pl.cli import main
-from whisper_lora_pl.dataset import PreparedSplit, SpeechDataset
-from whisper_lora_pl.merging import load_checkpoint
-from whisper_lora_pl.packing import PackedSpeech, PackedWindows, Window
-from whisper_lora_pl.sources import Example
+from whisper_lora_pl.data.audio import SAMPLING_RATE
+from whisper_lora_pl.data.dataset import PreparedSplit, SpeechDataset
+from whisper_lora_pl.data.packing import PackedSpeech, PackedWindows, Window
+from whisper_lora_pl.data.sources import Example
+from whisper_lora_pl.model.merging import load_checkpoint
+from whisper_lora_pl.training.cli import main
 
 DURATIONS = np.random.default_rng(0).uniform(1.5, 6.0, 101).round(2).tolist()
 TOKENS = np.random.default_rng(1).integers(5, 40, 101).tolist()

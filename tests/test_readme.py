@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from whisper_lora_pl.cli import main as cli_main
+from whisper_lora_pl.training.cli import main as cli_main
 
 REPO = Path(__file__).resolve().parent.parent
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -63,6 +63,9 @@ def _help(argv0: str) -> str:
     with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as stop:
         if argv0.startswith("whisper_lora_pl."):
             old, sys.argv = sys.argv, argv
+            # an old path (whisper_lora_pl.app) already imported in this process is its new module: run that, as
+            # `python -m` does through the alias in a fresh process
+            argv0 = getattr(sys.modules.get(argv0), "__name__", argv0)
             try:
                 runpy.run_module(argv0, run_name="__main__", alter_sys=True)
             finally:

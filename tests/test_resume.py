@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from tests.conftest import REPO, train_py
-from whisper_lora_pl.checkpoints import atomic_torch_save
-from whisper_lora_pl.cli import main
-from whisper_lora_pl.data import WhisperDataModule
-from whisper_lora_pl.module import WhisperLoRA
-from whisper_lora_pl.sources import CommonVoiceFolder
+from whisper_lora_pl.data.datamodule import WhisperDataModule
+from whisper_lora_pl.data.sources import CommonVoiceFolder
+from whisper_lora_pl.training.checkpoints import atomic_torch_save
+from whisper_lora_pl.training.cli import main
+from whisper_lora_pl.training.module import WhisperLoRA
 
 TINY = str(REPO / "configs" / "tiny-cpu.yaml")
 

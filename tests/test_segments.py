@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from whisper_lora_pl.audio import load_audio
-from whisper_lora_pl.segments import split
+from whisper_lora_pl.data.audio import load_audio
+from whisper_lora_pl.data.segments import split
 
 REPO = Path(__file__).resolve().parent.parent
 RATE = 16_000
@@ -113,7 +113,7 @@ def test_the_vad_leaves_torchs_thread_count_alone():
     script = (
         "import numpy as np, torch\n"
         "torch.set_num_threads(2)\n"
-        "from whisper_lora_pl.segments import split\n"
+        "from whisper_lora_pl.data.segments import split\n"
         "split(np.zeros(16_000, np.float32), 16_000)\n"
         "print(torch.get_num_threads())\n"
     )

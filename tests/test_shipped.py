@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from tests.conftest import REPO, make_cv_release, train_py
-from whisper_lora_pl.module import FULL_WINDOW_STREAM as FULL_WINDOW
+from whisper_lora_pl.training.module import FULL_WINDOW_STREAM as FULL_WINDOW
 
 DEMO = str(REPO / "configs" / "demo.yaml")
 #: 40 training clips in batches of 2: 10 buckets of 4 clips, 20 steps an epoch, preempted after step 5

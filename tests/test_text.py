@@ -1,6 +1,6 @@
 import pytest
 
-from whisper_lora_pl.text import ErrorRates, TextNormalizer, normalize_chinese
+from whisper_lora_pl.decoding.text import ErrorRates, TextNormalizer, normalize_chinese
 
 
 def scores(language, hypotheses, references):

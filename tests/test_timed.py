@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from whisper_lora_pl.audio import load_audio
-from whisper_lora_pl.decode import Decoded
-from whisper_lora_pl.timed import _advance, _Cursor, whole_log_mel
-from whisper_lora_pl.transcribe import decoder_for, load_model, main, transcribe
+from whisper_lora_pl.data.audio import load_audio
+from whisper_lora_pl.decoding.decode import Decoded
+from whisper_lora_pl.decoding.timed import _advance, _Cursor, whole_log_mel
+from whisper_lora_pl.takehome.transcribe import decoder_for, load_model, main, transcribe
 
 REPO = Path(__file__).resolve().parent.parent
 STELLA = REPO / "tests" / "assets" / "en_stella.flac"  # speech from 0.06 s to 4.78 s of its 5.25 s
@@ -126,8 +126,8 @@ def test_pipeline_and_faster_whisper_time_long_audio_as_transcribe_does(tiny_en,
     from transformers import pipeline
 
     from whisper_lora_pl.convert import resolve_model_name
-    from whisper_lora_pl.deploy import faster_whisper_kwargs, to_ctranslate2
-    from whisper_lora_pl.export import long_form_code, long_form_kwargs
+    from whisper_lora_pl.takehome.deploy import faster_whisper_kwargs, to_ctranslate2
+    from whisper_lora_pl.takehome.export import long_form_code, long_form_kwargs
 
     decoder, processor, info = tiny_en
     audio = REPO / "tests" / "assets" / "en_eight.ogg"

@@ -1,7 +1,7 @@
 """LoRA fine-tuning of Whisper on a quantized base, with PyTorch Lightning.
 
 The names below load on first use, so that importing one light module (a DataLoader worker importing
-``whisper_lora_pl.dataset``) does not import Lightning and the model code too.
+``whisper_lora_pl.data.dataset``) does not import Lightning and the model code too.
 """
 
 from __future__ import annotations
@@ -10,30 +10,31 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from whisper_lora_pl.audio import AudioError, load_audio
-    from whisper_lora_pl.collate import SpeechCollator, UnrepeatedDistributedSampler
-    from whisper_lora_pl.data import WhisperDataModule
-    from whisper_lora_pl.model import LoraSettings, build_whisper_lora
-    from whisper_lora_pl.module import WhisperLoRA
-    from whisper_lora_pl.sources import CommonVoiceFolder, DataCollective, HubDataset, Manifest, Source
-    from whisper_lora_pl.text import ErrorRates, TextNormalizer
+    from whisper_lora_pl.data.audio import AudioError, load_audio
+    from whisper_lora_pl.data.collate import SpeechCollator, UnrepeatedDistributedSampler
+    from whisper_lora_pl.data.datamodule import WhisperDataModule
+    from whisper_lora_pl.data.sources import CommonVoiceFolder, DataCollective, HubDataset, Manifest, Source
+    from whisper_lora_pl.decoding.text import ErrorRates, TextNormalizer
+    from whisper_lora_pl.model.build import build_whisper_lora
+    from whisper_lora_pl.model.settings import LoraSettings
+    from whisper_lora_pl.training.module import WhisperLoRA
 
 _HOMES = {
-    "AudioError": "audio",
-    "load_audio": "audio",
-    "SpeechCollator": "collate",
-    "UnrepeatedDistributedSampler": "collate",
-    "WhisperDataModule": "data",
-    "LoraSettings": "model",
-    "build_whisper_lora": "model",
-    "WhisperLoRA": "module",
-    "CommonVoiceFolder": "sources",
-    "DataCollective": "sources",
-    "HubDataset": "sources",
-    "Manifest": "sources",
-    "Source": "sources",
-    "ErrorRates": "text",
-    "TextNormalizer": "text",
+    "AudioError": "data.audio",
+    "load_audio": "data.audio",
+    "SpeechCollator": "data.collate",
+    "UnrepeatedDistributedSampler": "data.collate",
+    "WhisperDataModule": "data.datamodule",
+    "LoraSettings": "model.settings",
+    "build_whisper_lora": "model.build",
+    "WhisperLoRA": "training.module",
+    "CommonVoiceFolder": "data.sources",
+    "DataCollective": "data.sources",
+    "HubDataset": "data.sources",
+    "Manifest": "data.sources",
+    "Source": "data.sources",
+    "ErrorRates": "decoding.text",
+    "TextNormalizer": "decoding.text",
 }
 
 __all__ = [

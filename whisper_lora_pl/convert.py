@@ -31,7 +31,7 @@ from transformers import (
     WhisperTokenizer,
 )
 
-from whisper_lora_pl.features import TIME_STEP
+from whisper_lora_pl.data.features import TIME_STEP
 
 CACHE_DIR = Path("~/.cache/whisper_lora_pl").expanduser()
 

@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from whisper_lora_pl.audio import SAMPLING_RATE, AudioError
-from whisper_lora_pl.decode import TIME_STEP, Decoded, Decoder
-from whisper_lora_pl.segments import Detector, split
+from whisper_lora_pl.data.audio import SAMPLING_RATE, AudioError
+from whisper_lora_pl.data.segments import Detector, split
+from whisper_lora_pl.decoding.decode import TIME_STEP, Decoded, Decoder
 
 #: finish(path, duration, chunks, error): a file is done, with its cues (or why it failed)
 Finish = Callable[[Path, float, list[dict], str | None], None]

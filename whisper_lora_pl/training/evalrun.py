@@ -24,15 +24,15 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from tqdm.auto import tqdm
 
-from whisper_lora_pl import cues
-from whisper_lora_pl.audio import SAMPLING_RATE, AudioError, load_audio
-from whisper_lora_pl.decode import Decoder
-from whisper_lora_pl.dist import gather_objects
-from whisper_lora_pl.evalsets import LoadedSet
-from whisper_lora_pl.features import log_mel
-from whisper_lora_pl.longform import transcribe
-from whisper_lora_pl.longscore import score_cues
-from whisper_lora_pl.text import CHINESE, ErrorRates
+from whisper_lora_pl.data.audio import SAMPLING_RATE, AudioError, load_audio
+from whisper_lora_pl.data.evalsets import LoadedSet
+from whisper_lora_pl.data.features import log_mel
+from whisper_lora_pl.decoding import cues
+from whisper_lora_pl.decoding.decode import Decoder
+from whisper_lora_pl.decoding.longform import transcribe
+from whisper_lora_pl.decoding.longscore import score_cues
+from whisper_lora_pl.decoding.text import CHINESE, ErrorRates
+from whisper_lora_pl.training.dist import gather_objects
 
 log = logging.getLogger(__name__)
 

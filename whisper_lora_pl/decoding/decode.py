@@ -33,7 +33,7 @@ import torch
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 from transformers.modeling_outputs import BaseModelOutput
 
-from whisper_lora_pl.features import TIME_STEP
+from whisper_lora_pl.data.features import TIME_STEP
 
 #: seconds of audio Whisper's encoder sees at once (its positions: 1500 frames of 20 ms)
 WINDOW_SECONDS = 30.0

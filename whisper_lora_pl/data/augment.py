@@ -24,7 +24,7 @@ import numpy as np
 import soxr
 from tqdm.auto import tqdm
 
-from whisper_lora_pl.audio import AUDIO_SUFFIXES, SAMPLING_RATE, AudioError, load_audio
+from whisper_lora_pl.data.audio import AUDIO_SUFFIXES, SAMPLING_RATE, AudioError, load_audio
 
 log = logging.getLogger(__name__)
 

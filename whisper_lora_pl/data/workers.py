@@ -8,8 +8,8 @@ import multiprocessing.forkserver
 
 #: what a worker needs to unpickle its dataset, collator and loop, and nothing more (no Lightning, no model code)
 WORKER_MODULES = [
-    "whisper_lora_pl.dataset",
-    "whisper_lora_pl.collate",
+    "whisper_lora_pl.data.dataset",
+    "whisper_lora_pl.data.collate",
     "torchdata.stateful_dataloader",
 ]
 

@@ -16,7 +16,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torchmetrics.aggregation import SumMetric
 
-from whisper_lora_pl.dist import gather_objects
+from whisper_lora_pl.training.dist import gather_objects
 
 #: the counts of each kind of pass
 COUNTS = {

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from whisper_lora_pl.audio import AudioError, audio_duration
-from whisper_lora_pl.segments import Detector
-from whisper_lora_pl.sources import Example, Manifest, read_rows
+from whisper_lora_pl.data.audio import AudioError, audio_duration
+from whisper_lora_pl.data.segments import Detector
+from whisper_lora_pl.data.sources import Example, Manifest, read_rows
 
 log = logging.getLogger(__name__)
 

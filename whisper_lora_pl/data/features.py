@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from transformers import WhisperFeatureExtractor
 
-from whisper_lora_pl.audio import AudioError
+from whisper_lora_pl.data.audio import AudioError
 
 #: with ``encoder_length: dynamic`` a batch keeps its longest clip's frames rounded up to this many (1 s): a few
 #: lengths only (kernels and allocations are reused), and every clip keeps some of the padding it was trained with

@@ -17,9 +17,9 @@ from transformers import WhisperForConditionalGeneration, WhisperProcessor
 from transformers.integrations.bitsandbytes import dequantize_bnb_weight
 
 from whisper_lora_pl.convert import resolve_model_name
-from whisper_lora_pl.features import set_feature_context
-from whisper_lora_pl.model import load_base
-from whisper_lora_pl.settings import RunInfo
+from whisper_lora_pl.data.features import set_feature_context
+from whisper_lora_pl.model.build import load_base
+from whisper_lora_pl.model.settings import RunInfo
 
 #: bitsandbytes' quantized linear layers (int8, nf4)
 QUANTIZED = (bnb.nn.Linear8bitLt, bnb.nn.Linear4bit)

@@ -17,17 +17,17 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from tqdm.auto import tqdm
 from transformers import WhisperConfig, WhisperProcessor
 
-from whisper_lora_pl.audio import AudioError, audio_duration
-from whisper_lora_pl.augment import Augment, Augmenter, noise_files
-from whisper_lora_pl.buckets import Batches, DurationBuckets
-from whisper_lora_pl.collate import SpeechCollator, UnrepeatedDistributedSampler
 from whisper_lora_pl.convert import resolve_model_name
-from whisper_lora_pl.dataset import PreparedSplit, SpeechDataset
-from whisper_lora_pl.evalsets import EvalSet, LoadedSet, load_set
-from whisper_lora_pl.features import set_feature_context
-from whisper_lora_pl.packing import PackedSpeech, PackedWindows
-from whisper_lora_pl.sources import Example, Source
-from whisper_lora_pl.workers import worker_context
+from whisper_lora_pl.data.audio import AudioError, audio_duration
+from whisper_lora_pl.data.augment import Augment, Augmenter, noise_files
+from whisper_lora_pl.data.buckets import Batches, DurationBuckets
+from whisper_lora_pl.data.collate import SpeechCollator, UnrepeatedDistributedSampler
+from whisper_lora_pl.data.dataset import PreparedSplit, SpeechDataset
+from whisper_lora_pl.data.evalsets import EvalSet, LoadedSet, load_set
+from whisper_lora_pl.data.features import set_feature_context
+from whisper_lora_pl.data.packing import PackedSpeech, PackedWindows
+from whisper_lora_pl.data.sources import Example, Source
+from whisper_lora_pl.data.workers import worker_context
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ Stage = Literal["train", "val", "test", "predict"]
 
 
 class WhisperDataModule(L.LightningDataModule):
-    """Speech-to-text batches for Whisper from any :class:`~whisper_lora_pl.sources.Source`.
+    """Speech-to-text batches for Whisper from any :class:`~whisper_lora_pl.data.sources.Source`.
 
     Args:
         source: where the examples come from (a Common Voice folder, the Data Collective, the hub, a manifest).
@@ -67,7 +67,7 @@ class WhisperDataModule(L.LightningDataModule):
             on every rank, so a resumed run replays them exactly.
         pack_windows: train on windows of consecutive clips of the shuffled split joined up to the encoder's
             context (``batch_size`` windows a batch), with random pauses between them: the model meets long audio,
-            and each window costs the encoder what one clip did (:mod:`whisper_lora_pl.packing`). Evaluation stays
+            and each window costs the encoder what one clip did (:mod:`whisper_lora_pl.data.packing`). Evaluation stays
             per clip.
         pack_pauses: the shortest and longest pause between two clips of a window, seconds (drawn uniformly).
         pack_fill: ``mixed``: each batch's windows are packed up to a length drawn for the batch between one clip
@@ -78,12 +78,12 @@ class WhisperDataModule(L.LightningDataModule):
             each clip's text between its start and end timestamp tokens instead of ``<|notimestamps|>``: what the
             model needs to time subtitles itself (``transcribe --timestamps model``).
         augment: speed perturbation, noise and gain of the training clips' audio, every draw from
-            (``shuffle_seed``, epoch, clip) (:mod:`whisper_lora_pl.augment`; off by default). Not yet with
+            (``shuffle_seed``, epoch, clip) (:mod:`whisper_lora_pl.data.augment`; off by default). Not yet with
             ``pack_windows`` or ``timestamp_share``.
         eval_sets: named evaluation sets scored at validation and test beside ``val_split`` (which keeps
             ``val/cer``): short clips, or long recordings with reference segments decoded as ``transcribe`` decodes
-            them, in another language, with the language left to the model (:mod:`whisper_lora_pl.evalsets`).
-            Metrics ``val/<name>/cer``, ... (:mod:`whisper_lora_pl.evalrun`).
+            them, in another language, with the language left to the model (:mod:`whisper_lora_pl.data.evalsets`).
+            Metrics ``val/<name>/cer``, ... (:mod:`whisper_lora_pl.training.evalrun`).
     """
 
     def __init__(
@@ -277,7 +277,7 @@ class WhisperDataModule(L.LightningDataModule):
         """Training uses a stateful loader, so a checkpoint taken mid-epoch resumes at the next batch, not at the
         start of the epoch; evaluation shards with a sampler that repeats no clip under DDP.
 
-        Training batches come from :class:`~whisper_lora_pl.buckets.DurationBuckets`, seeded and sharded by us
+        Training batches come from :class:`~whisper_lora_pl.data.buckets.DurationBuckets`, seeded and sharded by us
         (Lightning keeps a ``DistributedSampler``): left to Lightning, torchdata's stateful shuffle is wrapped in a
         ``DistributedSamplerWrapper`` that reshuffles from the global random state, and a resumed 2-rank run
         trained on other clips than the unbroken one (measured: another order from the first resumed step)."""

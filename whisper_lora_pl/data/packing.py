@@ -5,7 +5,8 @@ and end timestamp tokens, as OpenAI's format has it. A model trained only on sin
 clips the same way (``--concatenate_audio``, ``timestamp_probability``).
 
 Every window of an epoch, its clips, its pauses and whether it carries timestamps, is a pure function of (seed,
-epoch), on every rank, so a resumed run replays them exactly (as :class:`~whisper_lora_pl.buckets.DurationBuckets`).
+epoch), on every rank, so a resumed run replays them exactly (as
+:class:`~whisper_lora_pl.data.buckets.DurationBuckets`).
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from typing import Literal
 import numpy as np
 from torch.utils.data import Dataset
 
-from whisper_lora_pl.audio import SAMPLING_RATE, AudioError, load_audio
-from whisper_lora_pl.buckets import DurationBuckets
-from whisper_lora_pl.dataset import SpeechDataset
-from whisper_lora_pl.features import TIME_STEP, log_mel
+from whisper_lora_pl.data.audio import SAMPLING_RATE, AudioError, load_audio
+from whisper_lora_pl.data.buckets import DurationBuckets
+from whisper_lora_pl.data.dataset import SpeechDataset
+from whisper_lora_pl.data.features import TIME_STEP, log_mel
 
 log = logging.getLogger(__name__)
 

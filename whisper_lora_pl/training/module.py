@@ -16,18 +16,18 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import WhisperProcessor, get_scheduler
 
-from whisper_lora_pl.collate import IGNORE_INDEX, has_clips
 from whisper_lora_pl.convert import resolve_model_name
-from whisper_lora_pl.decode import Decoded, Decoder, DecodingSettings, prompt_length
-from whisper_lora_pl.evalrun import evaluate_sets
-from whisper_lora_pl.features import FRAMES_PER_SECOND, set_feature_context
-from whisper_lora_pl.merging import merged_in_memory
-from whisper_lora_pl.model import build_whisper_lora, count_parameters
-from whisper_lora_pl.rng import gather_rng_states, run_seed, set_rng_states
-from whisper_lora_pl.settings import BaseDtype, EncoderLength, LoraSettings, Quantization, RunInfo
-from whisper_lora_pl.specaugment import SpecAugment
-from whisper_lora_pl.tally import PassTally
-from whisper_lora_pl.text import ErrorRates
+from whisper_lora_pl.data.collate import IGNORE_INDEX, has_clips
+from whisper_lora_pl.data.features import FRAMES_PER_SECOND, set_feature_context
+from whisper_lora_pl.decoding.decode import Decoded, Decoder, DecodingSettings, prompt_length
+from whisper_lora_pl.decoding.text import ErrorRates
+from whisper_lora_pl.model.build import build_whisper_lora, count_parameters
+from whisper_lora_pl.model.merging import merged_in_memory
+from whisper_lora_pl.model.settings import BaseDtype, EncoderLength, LoraSettings, Quantization, RunInfo
+from whisper_lora_pl.training.evalrun import evaluate_sets
+from whisper_lora_pl.training.rng import gather_rng_states, run_seed, set_rng_states
+from whisper_lora_pl.training.specaugment import SpecAugment
+from whisper_lora_pl.training.tally import PassTally
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class WhisperLoRA(L.LightningModule):
         warmup_steps: optimizer steps of linear warmup.
         max_new_tokens: most tokens a clip may get whatever its duration (the budget is usually smaller).
         num_beams: beam width of decoding (1 = greedy).
-        decoding: token budget per second of audio and the loop guard (``whisper_lora_pl.decode``); evaluation,
+        decoding: token budget per second of audio and the loop guard (``whisper_lora_pl.decoding.decode``); evaluation,
             predict, export and transcribe all decode with these, read back from the checkpoint.
         evaluate_merged: validation, test and predict decode with the model export writes (the int8 / nf4 base
             dequantized, the adapters merged in), built from the training model's weights in memory at the start of
@@ -272,7 +272,7 @@ class WhisperLoRA(L.LightningModule):
         self.log_dict(values, batch_size=1)
 
     def decode(self, input_features: torch.Tensor, durations: list[float] | None = None) -> list[Decoded]:
-        """The shared decoding (``whisper_lora_pl.decode``): trained prompt, budget from each clip's seconds of
+        """The shared decoding (``whisper_lora_pl.decoding.decode``): trained prompt, budget from each clip's seconds of
         audio (a full window when not given), loop guard."""
         if durations is None:
             durations = [self.hparams.context_seconds] * len(input_features)

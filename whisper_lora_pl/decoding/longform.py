@@ -1,5 +1,5 @@
 """Long audio decoded as users' transcripts are: cut at pauses (or window after window with the model's timestamps),
-each piece through the one decoding (``whisper_lora_pl.decode``), the pieces' texts joined and timed as cues.
+each piece through the one decoding (``whisper_lora_pl.decoding.decode``), the pieces' texts joined and timed as cues.
 
 ``transcribe`` (the command), the web page and the evaluation's long-form sets (``data.eval_sets``, kind ``long``) all
 call :func:`transcribe` here: the figures the evaluation reports are those of the cues users get.
@@ -16,12 +16,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from whisper_lora_pl.audio import SAMPLING_RATE, AudioError, load_audio
-from whisper_lora_pl.decode import Decoder
-from whisper_lora_pl.features import log_mel
-from whisper_lora_pl.segments import Detector, Segment, at_pauses, split
-from whisper_lora_pl.text import CHINESE
-from whisper_lora_pl.timed import sequential
+from whisper_lora_pl.data.audio import SAMPLING_RATE, AudioError, load_audio
+from whisper_lora_pl.data.features import log_mel
+from whisper_lora_pl.data.segments import Detector, Segment, at_pauses, split
+from whisper_lora_pl.decoding.decode import Decoder
+from whisper_lora_pl.decoding.text import CHINESE
+from whisper_lora_pl.decoding.timed import sequential
 
 log = logging.getLogger(__name__)
 

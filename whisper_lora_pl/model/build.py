@@ -1,5 +1,5 @@
 """Build the quantized Whisper base with LoRA adapters: plain functions of the run's settings
-(:class:`~whisper_lora_pl.settings.RunInfo`), testable without a Trainer, and the dynamic-length encoder."""
+(:class:`~whisper_lora_pl.model.settings.RunInfo`), testable without a Trainer, and the dynamic-length encoder."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
 from whisper_lora_pl.convert import resolve_model_name
-from whisper_lora_pl.features import FRAMES_PER_SECOND, trim_to_longest
-from whisper_lora_pl.settings import DTYPES, BaseDtype, EncoderLength, LoraSettings, Quantization, RunInfo
+from whisper_lora_pl.data.features import FRAMES_PER_SECOND, trim_to_longest
+from whisper_lora_pl.model.settings import DTYPES, BaseDtype, EncoderLength, LoraSettings, Quantization, RunInfo
 
 __all__ = [
     "DTYPES",

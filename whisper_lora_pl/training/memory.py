@@ -24,9 +24,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from transformers.modeling_outputs import BaseModelOutput
 
-from whisper_lora_pl.decode import out_of_memory
-from whisper_lora_pl.features import FRAMES_PER_SECOND
-from whisper_lora_pl.merging import QUANTIZED
+from whisper_lora_pl.data.features import FRAMES_PER_SECOND
+from whisper_lora_pl.decoding.decode import out_of_memory
+from whisper_lora_pl.model.merging import QUANTIZED
 
 GIB = 2**30
 

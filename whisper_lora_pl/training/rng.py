@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from whisper_lora_pl.dist import gather_objects
+from whisper_lora_pl.training.dist import gather_objects
 
 
 def run_seed() -> int:

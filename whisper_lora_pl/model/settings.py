@@ -14,7 +14,7 @@ import torch
 from peft import LoraConfig
 from transformers import GenerationConfig
 
-from whisper_lora_pl.decode import DecodingSettings
+from whisper_lora_pl.decoding.decode import DecodingSettings
 
 Quantization = Literal["int8", "nf4", "none"]
 BaseDtype = Literal["float32", "bfloat16", "float16"]

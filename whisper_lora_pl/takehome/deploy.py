@@ -14,9 +14,9 @@ from pathlib import Path
 
 from transformers import WhisperConfig, WhisperFeatureExtractor
 
-from whisper_lora_pl.decode import WINDOW_SECONDS
-from whisper_lora_pl.model import POSITIONS_PER_SECOND
-from whisper_lora_pl.settings import RunInfo
+from whisper_lora_pl.decoding.decode import WINDOW_SECONDS
+from whisper_lora_pl.model.build import POSITIONS_PER_SECOND
+from whisper_lora_pl.model.settings import RunInfo
 
 
 def check_context(context_seconds: float) -> None:

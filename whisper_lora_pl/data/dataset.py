@@ -11,10 +11,10 @@ import numpy as np
 from torch.utils.data import Dataset
 from transformers import WhisperFeatureExtractor
 
-from whisper_lora_pl.audio import SAMPLING_RATE, AudioError, load_audio
-from whisper_lora_pl.augment import Augmenter
-from whisper_lora_pl.features import log_mel
-from whisper_lora_pl.sources import Example
+from whisper_lora_pl.data.audio import SAMPLING_RATE, AudioError, load_audio
+from whisper_lora_pl.data.augment import Augmenter
+from whisper_lora_pl.data.features import log_mel
+from whisper_lora_pl.data.sources import Example
 
 log = logging.getLogger(__name__)
 
