@@ -173,3 +173,26 @@ def test_nf4_computes_in_what_the_device_has(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
     assert quantization_config("nf4", "cuda:1").bnb_4bit_compute_dtype == torch.bfloat16
     assert quantization_config("int8", "cuda").load_in_8bit and quantization_config("none") is None
+
+
+@pytest.mark.parametrize(("decoder_layers", "expected"), [(32, 3_932_160), (4, 1_638_400)], ids=["large-v3", "turbo"])
+def test_large_v3_and_turbo_recipe_adapter_counts(decoder_layers, expected):
+    """The v3 recipes' comments: large-v3 (128 mel bins, 51866 tokens) and large-v3-turbo (4 decoder layers)."""
+    from peft import get_peft_model
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    config = WhisperConfig(
+        vocab_size=51866,
+        num_mel_bins=128,
+        d_model=1280,
+        encoder_layers=32,
+        decoder_layers=decoder_layers,
+        encoder_attention_heads=20,
+        decoder_attention_heads=20,
+        encoder_ffn_dim=5120,
+        decoder_ffn_dim=5120,
+    )
+    with torch.device("meta"):
+        base = WhisperForConditionalGeneration(config)
+    trainable, _ = count_parameters(get_peft_model(base, LoraSettings().peft_config()))
+    assert trainable == (32 * 2 + decoder_layers * 4) * 8 * (1280 + 1280) == expected

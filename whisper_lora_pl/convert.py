@@ -52,9 +52,12 @@ NUM_TIMESTAMPS = 1501  # <|0.00|> ... <|30.00|>
 # ---------------------------------------------------------------- tokenizer and generation config
 
 
-def whisper_tokenizer(tokenizer_json: str | Path) -> WhisperTokenizer:
-    """A ``WhisperTokenizer`` from a CTranslate2 ``tokenizer.json``, with the 1501 timestamp tokens appended."""
+def whisper_tokenizer(tokenizer_json: str | Path, v3: bool = False) -> WhisperTokenizer:
+    """A ``WhisperTokenizer`` from a CTranslate2 ``tokenizer.json``, with the 1501 timestamp tokens appended;
+    ``v3``: large-v3's special tokens (:func:`v3_specials`) from a v2 tokenizer."""
     spec = json.loads(Path(tokenizer_json).read_text(encoding="utf-8"))
+    if v3:
+        spec["added_tokens"] = v3_specials(spec["added_tokens"])
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in spec["model"]["merges"]]
     tokenizer = WhisperTokenizer(vocab=spec["model"]["vocab"], merges=merges, pad_token="<|endoftext|>")
     specials = [AddedToken(t["content"], special=True, normalized=False) for t in spec["added_tokens"]]
@@ -62,6 +65,20 @@ def whisper_tokenizer(tokenizer_json: str | Path) -> WhisperTokenizer:
     stamps = [AddedToken(f"<|{i * TIME_STEP:.2f}|>", special=False, normalized=False) for i in range(NUM_TIMESTAMPS)]
     tokenizer.add_tokens(stamps)
     return tokenizer
+
+
+def v3_specials(added: list[dict]) -> list[dict]:
+    """large-v3's special tokens from large-v2's: ``<|yue|>`` after the 99 languages (so every later special token's
+    id is one higher, and the vocabulary 51866: ``<|transcribe|>`` 50360, ``<|notimestamps|>`` 50364) and
+    ``<|nocaptions|>`` renamed ``<|nospeech|>``, as OpenAI's tokenizer for large-v3 and turbo has them."""
+    contents = [t["content"] for t in added]
+    if "<|yue|>" in contents:
+        return added
+    last_language = max(i for i, token in enumerate(contents) if _is_language_token(token))
+    contents.insert(last_language + 1, "<|yue|>")
+    contents = ["<|nospeech|>" if c == "<|nocaptions|>" else c for c in contents]
+    first = added[0]["id"]
+    return [{**added[0], "id": first + i, "content": c} for i, c in enumerate(contents)]
 
 
 def generation_config(
@@ -292,22 +309,35 @@ def resolve_model_name(name: str, cache_dir: Path = CACHE_DIR) -> str:
     return str(target)
 
 
-def tiny_whisper(out: Path, d_model: int = 64, layers: int = 2, seed: int = 0, num_mel_bins: int = 80) -> Path:
-    """A tiny random multilingual Whisper folder (real tokenizer and processor) for tests and smoke runs
-    (``num_mel_bins=128``: shaped like large-v3's input)."""
+def tiny_whisper(
+    out: Path,
+    d_model: int = 64,
+    layers: int = 2,
+    seed: int = 0,
+    num_mel_bins: int | None = None,
+    v3: bool = False,
+    decoder_layers: int | None = None,
+    alignment_heads: list[list[int]] | None = None,
+    ffn_ratio: int = 2,
+) -> Path:
+    """A tiny random multilingual Whisper folder (real tokenizer and processor) for tests and smoke runs, shaped like
+    the Whisper people fine-tune: ``v3`` gives large-v3's tokenizer (``<|yue|>``, 51866 tokens) and 128 mel bins;
+    ``decoder_layers`` fewer than ``layers`` a large-v3-turbo (4 of 32) or distil-whisper (2 of 32) decoder;
+    ``alignment_heads`` (layer, head) pairs for the generation config; ``ffn_ratio`` 4, Whisper's own (which
+    whisper.cpp assumes), for a model that must load there."""
     meta = shipped_sources("whisper-base")[0]
-    tokenizer = whisper_tokenizer(meta / "tokenizer.json")
+    tokenizer = whisper_tokenizer(meta / "tokenizer.json", v3=v3)
     eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     config = WhisperConfig(
         vocab_size=len(tokenizer),
         d_model=d_model,
         encoder_layers=layers,
-        decoder_layers=layers,
+        decoder_layers=decoder_layers or layers,
         encoder_attention_heads=2,
         decoder_attention_heads=2,
-        encoder_ffn_dim=2 * d_model,
-        decoder_ffn_dim=2 * d_model,
-        num_mel_bins=num_mel_bins,
+        encoder_ffn_dim=ffn_ratio * d_model,
+        decoder_ffn_dim=ffn_ratio * d_model,
+        num_mel_bins=num_mel_bins or (128 if v3 else 80),
         decoder_start_token_id=tokenizer.convert_tokens_to_ids("<|startoftranscript|>"),
         bos_token_id=eot,
         eos_token_id=eot,
@@ -316,11 +346,16 @@ def tiny_whisper(out: Path, d_model: int = 64, layers: int = 2, seed: int = 0, n
     torch.manual_seed(seed)
     model = WhisperForConditionalGeneration(config)
     ct2_config = json.loads((meta / "config.json").read_text())
-    ct2_config.pop("alignment_heads", None)  # whisper-base's heads do not exist in a 2-layer model
+    ct2_config["alignment_heads"] = alignment_heads  # whisper-base's heads do not exist in a 2-layer model
+    if v3:  # whisper-base's suppressed ids name v2's special tokens: v3's are one higher from <|yue|> on
+        yue = tokenizer.convert_tokens_to_ids("<|yue|>")
+        for key in ("suppress_ids", "suppress_ids_begin"):
+            if key in ct2_config:
+                ct2_config[key] = [i + (i >= yue) for i in ct2_config[key]]
     model.generation_config = generation_config(tokenizer, ct2_config, config.max_target_positions)
     tokenizer.set_prefix_tokens(predict_timestamps=False)
     model.save_pretrained(out)
-    extractor = WhisperFeatureExtractor(feature_size=num_mel_bins)
+    extractor = WhisperFeatureExtractor(feature_size=config.num_mel_bins)
     WhisperProcessor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(out)
     return out
 
