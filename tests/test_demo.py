@@ -155,6 +155,9 @@ INEXACT = {
     "tutorial section 6 on the adapter": ("transcribe --model at 30 s", 8),
     # faster-whisper at 30 s: CTranslate2's int8 weights and kernels (the merged float32 weights quantized again)
     "faster-whisper on ctranslate2 (int8)": ("transcribe --model at 30 s", 30),
+    # whisper.cpp at 30 s (export --ggml): its own kernels, float16 weights or q8_0 blocks, its own greedy search
+    "whisper.cpp (f16)": ("transcribe --model at 30 s", 48),
+    "whisper.cpp (q8_0)": ("transcribe --model at 30 s", 48),
 }
 
 
@@ -225,6 +228,18 @@ def test_what_users_take_home_transcribes_as_the_evaluation_said(demo, tmp_path,
         fast = ["".join(s.text for s in deployed.transcribe(load_audio(c), **kwargs)[0]) for c in clips]
         decoded("faster-whisper on ctranslate2 (int8)", clips, fast, time.perf_counter() - start)
 
+    cpp = []
+    if full_context:  # whisper.cpp through pywhispercpp (the deploy extra), in a child process per file type
+        from tests.test_ggml import whispercpp
+        from whisper_lora_pl.takehome.ggml import to_ggml, whispercpp_kwargs
+
+        for kind in ("f16", "q8_0"):
+            path = to_ggml(written["merged"], tmp_path / f"ggml-{kind}.bin", kind)
+            start = time.perf_counter()  # loading the model included
+            texts = whispercpp(path, clips, whispercpp_kwargs(RunInfo.read(written["merged"])))
+            decoded(f"whisper.cpp ({kind})", clips, texts, time.perf_counter() - start)
+            cpp += texts
+
     print(f"evaluation: CER {evaluated['val/cer']:.4f}, {evaluation_seconds:.1f} s")
     for name, (value, evaluation, seconds, differ, count) in figures.items():
         against = INEXACT.get(name, ("the evaluation",))[0]
@@ -239,7 +254,7 @@ def test_what_users_take_home_transcribes_as_the_evaluation_said(demo, tmp_path,
     # workers read ahead: a fixed 2-3 s, which the dynamic encoder's short evaluation made visible (6.6 s against
     # 9.7 s on 2026-12-03). The thread count silero-vad used to take is tested on its own (test_segments.py).
     assert figures["transcribe --model"][2] <= 1.5 * evaluation_seconds + 2.0
-    for text in piped + tutorial + fast:  # the paths that run without our decode.py: no runaway output either
+    for text in piped + tutorial + fast + cpp:  # the paths that run without our decode.py: no runaway output either
         assert len(text) < 40 and compression_ratio(text) < 2.4, text
 
 

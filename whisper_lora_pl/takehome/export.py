@@ -41,11 +41,13 @@ def export(
     dtype: str = "float32",
     ctranslate2: str | None = None,
     device: str = "cpu",
+    ggml: str | None = None,
 ) -> dict[str, Path]:
     """Write ``out/adapter`` (adapter_config.json, adapter_model.safetensors) and/or ``out/merged`` (a plain
     ``WhisperForConditionalGeneration`` in ``dtype`` that decodes like the evaluation), each with the processor;
     with ``ctranslate2`` (a weight type such as ``int8``) also ``out/ctranslate2`` for faster-whisper, converted
-    from the same merged weights. ``device`` is where the base is quantized again and merged: the device the run
+    from the same merged weights; with ``ggml`` (``f16`` or ``q8_0``) also ``out/ggml/ggml-model-<ggml>.bin`` for
+    whisper.cpp, likewise. ``device`` is where the base is quantized again and merged: the device the run
     trained on gives the very weights its evaluation decoded with (bitsandbytes' CUDA and CPU kernels may round
     differently), and a large base dequantizes there in seconds."""
     if ctranslate2:  # before any work: refuse what faster-whisper cannot run (a shorter encoder context)
@@ -53,11 +55,16 @@ def export(
 
         hparams = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)["hyper_parameters"]
         check_context(RunInfo.from_hparams(hparams).context_seconds)
-    if ctranslate2 and "merged" not in parts:
-        with tempfile.TemporaryDirectory() as scratch:  # the CTranslate2 folder is made from the merged one
+    if ggml:
+        from whisper_lora_pl.takehome.ggml import check_context as check_ggml_context
+
+        hparams = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)["hyper_parameters"]
+        check_ggml_context(RunInfo.from_hparams(hparams).context_seconds)
+    if (ctranslate2 or ggml) and "merged" not in parts:
+        with tempfile.TemporaryDirectory() as scratch:  # the runtimes' files are made from the merged folder
             merged = export(checkpoint, scratch, ("merged",), dtype, device=device)["merged"]
             written = export(checkpoint, out, parts, dtype, device=device) if parts else {}
-            return written | {"ctranslate2": _ctranslate2(merged, Path(out), ctranslate2)}
+            return written | _runtimes(merged, Path(out), ctranslate2, ggml)
     model, info = load_checkpoint(checkpoint, device)
     evaluation = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True).get("evaluation")
     processor = processor_for(info)
@@ -77,15 +84,22 @@ def export(
         processor.save_pretrained(folder)
         info.write(folder)
         (folder / "README.md").write_text(model_card(info, "merged", evaluation), encoding="utf-8")
-        if ctranslate2:
-            written["ctranslate2"] = _ctranslate2(folder, Path(out), ctranslate2)
+        written |= _runtimes(folder, Path(out), ctranslate2, ggml)
     return written
 
 
-def _ctranslate2(merged: Path, out: Path, quantization: str) -> Path:
-    from whisper_lora_pl.takehome.deploy import to_ctranslate2  # the deploy extra, imported only when asked for
+def _runtimes(merged: Path, out: Path, ctranslate2: str | None, ggml: str | None) -> dict[str, Path]:
+    """The CTranslate2 folder and the GGML file asked for, converted from the merged folder."""
+    written = {}
+    if ctranslate2:
+        from whisper_lora_pl.takehome.deploy import to_ctranslate2  # the deploy extra, imported only when asked for
 
-    return to_ctranslate2(merged, out / "ctranslate2", quantization)
+        written["ctranslate2"] = to_ctranslate2(merged, out / "ctranslate2", ctranslate2)
+    if ggml:
+        from whisper_lora_pl.takehome.ggml import write_ggml
+
+        written["ggml"] = write_ggml(merged, out / "ggml", ggml)
+    return written
 
 
 def pipeline_kwargs(info: RunInfo) -> dict:
@@ -313,13 +327,19 @@ def main(argv: list[str] | None = None) -> None:
         help="also write OUT/ctranslate2 for faster-whisper, with these weights (needs the deploy extra)",
     )
     parser.add_argument(
+        "--ggml",
+        choices=["f16", "q8_0"],
+        help="also write OUT/ggml/ggml-model-TYPE.bin for whisper.cpp (pywhispercpp), weights in float16 or q8_0",
+    )
+    parser.add_argument(
         "--device",
         default="cpu",
         help="where the base is quantized and merged (cuda, cuda:1, ...): the device the run trained on",
     )
     args = parser.parse_args(argv)
     parts = (args.only,) if args.only else ("adapter", "merged")
-    for part, folder in export(args.checkpoint, args.out, parts, args.dtype, args.ctranslate2, args.device).items():
+    written = export(args.checkpoint, args.out, parts, args.dtype, args.ctranslate2, args.device, ggml=args.ggml)
+    for part, folder in written.items():
         print(f"{part}: {folder}")
 
 
