@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 from gpu_train_memory import LARGE_V2, make_model_folder  # beside this script
-from transformers import WhisperTokenizer
+from transformers import WhisperConfig, WhisperTokenizer
 
 from whisper_lora_pl.decoding.decode import Decoder, DecodingSettings
 from whisper_lora_pl.model.build import build_whisper_lora
@@ -68,7 +68,8 @@ def run(folder: Path, base: str, context: float, length: str, batch: int, a: arg
     """The training model first, then the merged copy beside it (as evaluation holds both)."""
     device = torch.device(a.device)
     tokenizer = WhisperTokenizer.from_pretrained(folder)
-    features = torch.randn(batch, 80, round(context * 100), device=device)
+    mels = WhisperConfig.from_pretrained(folder).num_mel_bins  # 80, or 128 for large-v3-shaped models
+    features = torch.randn(batch, mels, round(context * 100), device=device)
     setting = {"base": base, "context s": context, "encoder": length, "batch": batch}
     info = RunInfo(str(folder), quantization=base, context_seconds=context, encoder_length=length)
     trained = build_whisper_lora(info, device, gradient_checkpointing=False)

@@ -89,7 +89,8 @@ def child(args: argparse.Namespace) -> None:
             merged = build()
         seconds = time.perf_counter() - started
         with Peak(device) as decoded, torch.no_grad():
-            features = torch.randn(args.eval_batch, 80, 3000, device=device, dtype=merged.dtype)
+            mels = merged.config.num_mel_bins  # 80, or 128 for large-v3-shaped models
+            features = torch.randn(args.eval_batch, mels, 3000, device=device, dtype=merged.dtype)
             encoded = merged.get_encoder()(features).last_hidden_state
             merged.generate(
                 encoder_outputs=BaseModelOutput(last_hidden_state=encoded),
