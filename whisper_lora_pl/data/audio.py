@@ -4,6 +4,7 @@ what would put a non-finite value into the model: audio is validated where it is
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -35,7 +36,31 @@ class StoredAudio(Protocol):
         ...
 
 
-AudioInput = str | Path | bytes | StoredAudio
+@runtime_checkable
+class DecodedAudio(Protocol):
+    """Audio that another library decodes (a lhotse cut holding in-memory or Shar data): its length is known from
+    its manifest, its samples come as (channels, samples) or (samples,) at ``rate``."""
+
+    duration: float
+
+    def samples(self) -> tuple[np.ndarray, int]:
+        """The samples and their sampling rate."""
+        ...
+
+
+@dataclass(frozen=True)
+class AudioSpan:
+    """A stretch of a file (a lhotse cut of a longer recording, one supervision of it): only that stretch is read."""
+
+    path: str
+    offset: float
+    duration: float
+
+    def __str__(self) -> str:
+        return f"{self.path} [{self.offset:g} s + {self.duration:g} s]"
+
+
+AudioInput = str | Path | bytes | StoredAudio | AudioSpan | DecodedAudio
 
 
 class AudioError(RuntimeError):
@@ -84,7 +109,15 @@ def _unreadable(source: AudioInput, opened: str | io.BytesIO, err: Exception) ->
 
 
 def audio_duration(source: AudioInput) -> float:
-    """Duration in seconds from the header alone (cheap: used to filter clips before training)."""
+    """Duration in seconds from the header alone (cheap: used to filter clips before training); a span's or
+    decoded audio's from its manifest (a span is checked against its file's length)."""
+    if isinstance(source, DecodedAudio):
+        return float(source.duration)
+    if isinstance(source, AudioSpan):
+        whole = audio_duration(source.path)
+        if source.offset < 0 or source.duration <= 0 or source.offset + source.duration > whole + 0.02:
+            raise AudioError(f"{source} is not inside the file's {whole:.3f} s", "span outside the audio")
+        return source.duration
     opened = _open(source)
     try:
         info = sf.info(opened)
@@ -98,11 +131,7 @@ def audio_duration(source: AudioInput) -> float:
 def load_audio(source: AudioInput, sampling_rate: int = SAMPLING_RATE) -> np.ndarray:
     """Read a clip, average its channels and resample it: a 1-D float32 array at ``sampling_rate``, every sample
     finite (about 10 us a 4 s clip to check), at least one left after resampling."""
-    opened = _open(source)
-    try:
-        data, rate = sf.read(opened, dtype="float32", always_2d=True)
-    except (RuntimeError, ValueError, TypeError, OSError, EOFError) as err:  # not MemoryError: that is no clip's fault
-        raise _unreadable(source, opened, err) from err
+    data, rate = _decode(source)
     if data.shape[0] == 0:
         raise AudioError(f"audio {_name(source)} holds no samples", "no samples")
     if not np.isfinite(data).all():
@@ -115,6 +144,29 @@ def load_audio(source: AudioInput, sampling_rate: int = SAMPLING_RATE) -> np.nda
             "no samples",
         )
     return wave
+
+
+def _decode(source: AudioInput) -> tuple[np.ndarray, int]:
+    """(samples, channels) float32 and the rate, from any input (a span reads only its stretch)."""
+    if isinstance(source, DecodedAudio):
+        try:
+            data, rate = source.samples()
+        except Exception as err:  # another library's decoder: any failure is this clip's
+            raise AudioError(f"{source} cannot be decoded: {err}", "truncated or corrupt") from err
+        data = np.asarray(data, dtype=np.float32)
+        return (data[:, None] if data.ndim == 1 else data.T), int(rate)
+    path = source.path if isinstance(source, AudioSpan) else source
+    opened = _open(path)
+    try:
+        if isinstance(source, AudioSpan):
+            rate = sf.info(opened).samplerate
+            start, frames = round(source.offset * rate), round(source.duration * rate)
+            data, rate = sf.read(opened, start=start, frames=frames, dtype="float32", always_2d=True)
+        else:
+            data, rate = sf.read(opened, dtype="float32", always_2d=True)
+    except (RuntimeError, ValueError, TypeError, OSError, EOFError) as err:  # not MemoryError: that is no clip's fault
+        raise _unreadable(path, opened, err) from err
+    return data, rate
 
 
 def resample(wave: np.ndarray, rate: int, sampling_rate: int = SAMPLING_RATE) -> np.ndarray:

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from transformers import WhisperConfig, WhisperProcessor
 
 from whisper_lora_pl.convert import resolve_model_name
-from whisper_lora_pl.data.audio import AudioError, audio_duration
+from whisper_lora_pl.data.audio import AudioError, AudioSpan, audio_duration
 from whisper_lora_pl.data.augment import Augment, Augmenter, noise_files
 from whisper_lora_pl.data.buckets import Batches, DurationBuckets
 from whisper_lora_pl.data.collate import SpeechCollator, UnrepeatedDistributedSampler
@@ -26,7 +26,9 @@ from whisper_lora_pl.data.dataset import PreparedSplit, SpeechDataset
 from whisper_lora_pl.data.evalsets import EvalSet, LoadedSet, load_set
 from whisper_lora_pl.data.features import set_feature_context
 from whisper_lora_pl.data.packing import PackedSpeech, PackedWindows
-from whisper_lora_pl.data.sources import Example, Source
+from whisper_lora_pl.data.shar import shard_of
+from whisper_lora_pl.data.shardplan import ShardBatches
+from whisper_lora_pl.data.sources import Example, Source, whisper_language
 from whisper_lora_pl.data.workers import worker_context
 
 log = logging.getLogger(__name__)
@@ -84,6 +86,9 @@ class WhisperDataModule(L.LightningDataModule):
             ``val/cer``): short clips, or long recordings with reference segments decoded as ``transcribe`` decodes
             them, in another language, with the language left to the model (:mod:`whisper_lora_pl.data.evalsets`).
             Metrics ``val/<name>/cer``, ... (:mod:`whisper_lora_pl.training.evalrun`).
+        shard_window: with a training split in shards (:class:`~whisper_lora_pl.data.shar.LhotseShar`), each worker
+            shuffles and duration-buckets this many clips of its stream at a time (``num_buckets`` is not used): larger
+            mixes more, and holds more clips' metadata (not audio) in the plan.
     """
 
     def __init__(
@@ -114,6 +119,7 @@ class WhisperDataModule(L.LightningDataModule):
         timestamp_share: float = 0.0,
         augment: Augment = Augment(),
         eval_sets: dict[str, EvalSet] | None = None,
+        shard_window: int = 1000,
     ) -> None:
         super().__init__()
         augment.check()
@@ -152,6 +158,7 @@ class WhisperDataModule(L.LightningDataModule):
         self.prepared: dict[Stage, PreparedSplit] = {}
         self.eval_sets = {name: EvalSet(**s) if isinstance(s, dict) else s for name, s in (eval_sets or {}).items()}
         self.eval_data: dict[str, LoadedSet] = {}  #: the sets read and checked, in setup
+        self.shard_window = shard_window
 
     def prepare_data(self) -> None:
         """One process per node: fetch the corpus and the processor into their caches (a local folder, or a
@@ -217,7 +224,9 @@ class WhisperDataModule(L.LightningDataModule):
             reason = None
             if example.problem:
                 log.warning("skipping row %s", example.problem)
-                reason = "malformed row"
+                reason = example.reason
+            elif example.language and whisper_language(example.language) not in (None, self.language or "en"):
+                reason = f"language {example.language!r}, not {self.language or 'en'!r}"
             elif not text and stage != "predict":  # prediction needs audio only
                 reason = "empty text"
             elif len(ids) > max_label_length:
@@ -246,7 +255,9 @@ class WhisperDataModule(L.LightningDataModule):
 
         def probe(example: Example) -> float | str:
             if example.problem:
-                return "malformed row"
+                return example.reason
+            if example.duration is not None and not isinstance(example.audio, AudioSpan):
+                return example.duration  # stated by the manifest: nothing to open
             try:
                 return audio_duration(example.audio)
             except AudioError as err:
@@ -290,6 +301,9 @@ class WhisperDataModule(L.LightningDataModule):
         elif stage == "train" and (self.pack_windows or self.timestamp_share > 0):
             sampler, dataset = self._packed(dataset, batch_size, world, rank)
             batch_size, shuffle = None, False
+        elif stage == "train" and self.sharded():
+            sampler = self._shard_batches(world, rank)
+            dataset, batch_size, shuffle = Batches(dataset), None, False
         elif stage == "train":
             sampler = self._duration_buckets(world, rank)
             dataset, batch_size, shuffle = Batches(dataset), None, False  # the sampler batches and shuffles
@@ -306,6 +320,31 @@ class WhisperDataModule(L.LightningDataModule):
             pin_memory=trainer is not None and trainer.strategy.root_device.type == "cuda",
             persistent_workers=self.num_workers > 0,
             multiprocessing_context=worker_context() if self.num_workers > 0 else None,
+        )
+
+    def sharded(self) -> bool:
+        """Whether the training clips all live in shards (:class:`~whisper_lora_pl.data.shar.LhotseShar`): then
+        each rank and worker reads its own shards (:class:`~whisper_lora_pl.data.shardplan.ShardBatches`)."""
+        examples = self.prepared["train"].examples
+        return bool(examples) and all(shard_of(example) is not None for example in examples)
+
+    def _shard_batches(self, world: int, rank: int) -> ShardBatches:
+        trainer, split = self.trainer, self.prepared["train"]
+        durations = split.durations
+        if self.augmenter is not None and self.augment.speed_prob:  # slowed down, a clip lasts longer
+            durations = [d / min(1.0, *self.augment.speed_factors) for d in durations]
+        return ShardBatches(
+            [shard_of(example) for example in split.examples],
+            durations,
+            self.batch_size,
+            batch_seconds=self.batch_seconds,
+            window=self.shard_window,
+            num_workers=self.num_workers,
+            num_replicas=world,
+            rank=rank,
+            seed=self.shuffle_seed,
+            current_epoch=(lambda: trainer.current_epoch) if trainer is not None else (lambda: 0),
+            epoch_tags=self.augmenter is not None,
         )
 
     def _duration_buckets(self, world: int, rank: int) -> DurationBuckets:
@@ -336,6 +375,14 @@ class WhisperDataModule(L.LightningDataModule):
             return [(self.batch_size, max(split.durations), min(tokens + 2, self.max_label_length))]
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        if self.sharded():  # this epoch's batches: the most clips, the longest clip, the most audio, the most tokens
+            batches = self._shard_batches(world, rank)
+            shapes = {
+                (len(b), float(max(split.durations[i] for i in b)), max(len(split.labels[i]) for i in b))
+                for b in batches.plan(batches.current_epoch())[rank]
+            }
+            worst = [lambda s: s[0], lambda s: s[1], lambda s: s[0] * s[1], lambda s: s[2]]
+            return sorted({max(shapes, key=key) for key in worst})
         sampler = self._duration_buckets(world, rank)
         return [
             (

@@ -17,8 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from whisper_lora_pl.data.audio import AudioError, audio_duration
+from whisper_lora_pl.data.audio import AudioError, AudioSpan, audio_duration
+from whisper_lora_pl.data.cutsets import Lhotse
 from whisper_lora_pl.data.segments import Detector
+from whisper_lora_pl.data.shar import LhotseShar
 from whisper_lora_pl.data.sources import Example, Manifest, read_rows
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,7 @@ class EvalSet:
     Args:
         manifest: its file: JSONL/CSV/TSV rows of ``audio`` and ``text`` (clips) or JSONL rows of ``audio`` and
             ``segments`` (long; or an ``.srt`` beside each audio file); relative paths from the manifest's folder.
+            A clip set may also be a lhotse cuts manifest (``*.jsonl.gz``) or a folder of lhotse Shar shards.
         kind: ``clips`` (scored as the validation split) or ``long`` (decoded as ``transcribe`` decodes long audio).
         language: the set's language (a Whisper code); None: the run's. Decoded with it, and normalised by it.
         detect_language: leave the language to the model, as ``transcribe --language auto`` does, and report the
@@ -80,25 +83,35 @@ class LoadedSet:
         return f"eval set {self.name} ({self.spec.manifest}): {len(self)} {what} kept, skipped: {skips}"
 
 
+def clip_examples(name: str, path: Path) -> list[Example]:
+    """A clip set's examples: a folder of lhotse Shar shards, a lhotse cuts manifest (``.jsonl.gz``), or ours."""
+    if path.is_dir():
+        return LhotseShar({name: str(path)}).examples(name)
+    if path.name.endswith(".jsonl.gz"):
+        return Lhotse(cuts={name: str(path)}).examples(name)
+    return Manifest({name: str(path)}).examples(name)
+
+
 def load_set(name: str, spec: EvalSet, max_duration: float) -> LoadedSet:
     """Read and check one set (``max_duration``: the longest clip the run decodes whole)."""
     if spec.every < 1:
         raise ValueError(f"data.eval_sets.{name}.every must be at least 1, got {spec.every}")
     path = Path(spec.manifest).expanduser()
-    if not path.is_file():
+    if not path.is_file() and not (spec.kind == "clips" and path.is_dir()):
         raise FileNotFoundError(f"data.eval_sets.{name}: manifest not found: {path}")
     loaded = LoadedSet(name, spec)
     if spec.kind == "clips":
-        for example in Manifest({name: str(path)}).examples(name):
+        for example in clip_examples(name, path):
             reason = None
             if example.problem:
                 log.warning("eval set %s: skipping row %s", name, example.problem)
-                reason = "malformed row"
+                reason = example.reason
             elif not example.sentence.strip():
                 reason = "empty text"
             else:
                 try:
-                    duration = audio_duration(example.audio)
+                    stated = example.duration is not None and not isinstance(example.audio, AudioSpan)
+                    duration = example.duration if stated else audio_duration(example.audio)
                     if duration > max_duration:
                         reason = f"audio over {max_duration:g} s"
                 except AudioError as err:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from whisper_lora_pl.data.audio import StoredAudio
+    from whisper_lora_pl.data.audio import AudioSpan, DecodedAudio, StoredAudio
 
 log = logging.getLogger(__name__)
 
@@ -40,18 +40,24 @@ SPLIT_ALIASES = {"validation": "dev", "valid": "dev", "val": "dev"}
 @dataclass(frozen=True)
 class Example:
     """One utterance: ``audio`` is a file path, encoded bytes or a reference to stored audio
-    (:class:`~whisper_lora_pl.data.audio.StoredAudio`), decoded later in a DataLoader worker. ``problem`` names a row
-    that could not be read (file and line): the data module counts and logs it as a skip."""
+    (:class:`~whisper_lora_pl.data.audio.StoredAudio`, a span of a file, audio another library decodes), decoded
+    later in a DataLoader worker. ``problem`` names a row that could not be read (file and line): the data module counts
+    it as a skip under ``reason`` and logs it. ``duration`` is the clip's length where a manifest states it (no header
+    is read then: a corpus in remote shards is not opened before training); ``language`` the language a manifest
+    states (a clip in another language than the run's is a counted skip)."""
 
-    audio: str | bytes | StoredAudio
+    audio: str | bytes | StoredAudio | AudioSpan | DecodedAudio
     sentence: str
     id: str
     problem: str | None = None
+    reason: str = "malformed row"
+    duration: float | None = None
+    language: str | None = None
 
 
-def malformed(where: str, what: str) -> Example:
+def malformed(where: str, what: str, reason: str = "malformed row") -> Example:
     """A placeholder for a manifest or TSV row that cannot be read, so it is counted, not silently lost."""
-    return Example("", "", where, problem=f"{where}: {what}")
+    return Example("", "", where, problem=f"{where}: {what}", reason=reason)
 
 
 class Source(ABC):
@@ -336,3 +342,23 @@ def read_rows(path: Path) -> tuple[list[tuple[int, dict | str]], list[str]]:
 def _fields(row: dict) -> int:
     """How many fields a ``csv.DictReader`` row really had: missing ones are None, extra ones sit under None."""
     return sum(value is not None for key, value in row.items() if key is not None) + len(row.get(None) or [])
+
+
+#: ISO 639-3 and Common Voice codes corpora use for languages Whisper names otherwise
+LANGUAGE_ALIASES = {"cmn": "zh", "zho": "zh", "chi": "zh", "eng": "en", "yue": "yue", "fra": "fr", "deu": "de"}
+
+
+def whisper_language(stated: str) -> str | None:
+    """The Whisper code of a language as a manifest states it (``Chinese``, ``zh-CN``, ``cmn``, ``Mandarin``, ``en``);
+    None when Whisper has no such language (then nothing is checked)."""
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES, TO_LANGUAGE_CODE
+
+    word = stated.strip().lower().replace("_", "-")
+    for candidate in (word, word.split("-")[0]):
+        if candidate in LANGUAGES:
+            return candidate
+        if candidate in TO_LANGUAGE_CODE:
+            return TO_LANGUAGE_CODE[candidate]
+        if candidate in LANGUAGE_ALIASES:
+            return LANGUAGE_ALIASES[candidate]
+    return None

@@ -1,0 +1,139 @@
+"""Training batches from shards (:mod:`whisper_lora_pl.data.shar`): each rank and each of its DataLoader workers reads
+its own shards, dealt out afresh every epoch, and a batch holds clips of similar duration from a window of its
+worker's stream. Every batch of an epoch is a pure function of (seed, epoch) and the shards' metadata, planned in the
+main process without reading audio, so a run resumed mid-epoch skips the batches already taken (``StatefulDataLoader``
+counts them) and reads from its next batch on: nothing of the epoch is replayed."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+from torch.utils.data import DistributedSampler
+
+
+class ShardBatches(DistributedSampler):
+    """Yields this rank's batches (lists of clip indices) of one epoch.
+
+    Each epoch the shards are shuffled (from ``seed`` and the epoch) and dealt, one at a time, to the slot (rank,
+    worker) holding the fewest clips so far, so the slots' loads differ by at most one shard. A slot reads its shards in
+    turn; each ``window`` clips of its stream are shuffled, sorted by duration and cut into batches of ``batch_size``
+    clips (or of as many as fit ``batch_seconds`` once padded to the batch's longest), and the window's batches come in
+    shuffled order: duration buckets within a shuffle buffer, as lhotse's ``DynamicBucketingSampler`` makes them. A
+    rank takes its workers' batches in turn, which is the order a DataLoader hands batches to its workers, so worker w
+    reads only slot w's shards. Every slot yields as many batches as the fullest (a slot with fewer repeats its first
+    ones, as ``DistributedSampler`` pads: at most about one shard's worth), so all ranks take the same number of steps
+    and the workers' turns never shift.
+
+    It is a ``DistributedSampler`` so that Lightning keeps it; its epoch is read from ``current_epoch`` when an epoch's
+    iteration starts (see :class:`~whisper_lora_pl.data.buckets.DurationBuckets`).
+    """
+
+    def __init__(
+        self,
+        shards: Sequence[int],
+        durations: Sequence[float],
+        batch_size: int,
+        *,
+        batch_seconds: float | None = None,
+        window: int = 1000,
+        num_workers: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+        current_epoch: Callable[[], int] = lambda: 0,
+        epoch_tags: bool = False,
+    ) -> None:
+        if batch_size < 1 or window < 1 or (batch_seconds is not None and batch_seconds <= 0):
+            raise ValueError("batch_size and the shard window must be at least 1, batch_seconds above 0")
+        if len(shards) != len(durations):
+            raise ValueError("one shard number per clip")
+        super().__init__(list(durations), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.durations = np.asarray(durations, dtype=np.float64)
+        self.batch_size, self.batch_seconds, self.window = batch_size, batch_seconds, window
+        self.workers = max(1, num_workers)
+        self.current_epoch, self.epoch_tags = current_epoch, epoch_tags
+        by_shard: dict[int, list[int]] = {}
+        for index, shard in enumerate(shards):
+            by_shard.setdefault(int(shard), []).append(index)
+        self.shards = [np.asarray(by_shard[s], dtype=np.int64) for s in sorted(by_shard)]
+        self._plans: dict[int, list[list[list[int]]]] = {}
+
+    def set_epoch(self, epoch: int) -> None:
+        """Ignored: the epoch comes from ``current_epoch`` (see the class docstring)."""
+
+    def slots(self, epoch: int) -> list[list[int]]:
+        """The shards (places in ``self.shards``) each slot ``rank * workers + worker`` reads in ``epoch``."""
+        rng = np.random.default_rng([self.seed, epoch])
+        count = self.num_replicas * self.workers
+        dealt: list[list[int]] = [[] for _ in range(count)]
+        loads = [0] * count
+        for shard in rng.permutation(len(self.shards)).tolist():
+            slot = loads.index(min(loads))
+            dealt[slot].append(shard)
+            loads[slot] += len(self.shards[shard])
+        return dealt
+
+    def plan(self, epoch: int) -> list[list[list[int]]]:
+        """Per rank, its batches of ``epoch`` in the order it takes them (all ranks equally many)."""
+        if epoch not in self._plans:
+            dealt = self.slots(epoch)
+            streams = [
+                self._slot_batches(shards, np.random.default_rng([self.seed, epoch, slot]))
+                for slot, shards in enumerate(dealt)
+            ]
+            longest = max(len(stream) for stream in streams)
+            streams = [_padded(stream, longest) for stream in streams]
+            ranks = [
+                [
+                    batch
+                    for turn in zip(*streams[r * self.workers : (r + 1) * self.workers], strict=True)
+                    for batch in turn
+                ]
+                for r in range(self.num_replicas)
+            ]
+            self._plans = {epoch: ranks}  # one epoch kept
+        return self._plans[epoch]
+
+    def _slot_batches(self, shards: list[int], rng: np.random.Generator) -> list[list[int]]:
+        stream = np.concatenate([self.shards[s] for s in shards]) if shards else np.zeros(0, dtype=np.int64)
+        batches: list[list[int]] = []
+        for start in range(0, len(stream), self.window):
+            window = rng.permutation(stream[start : start + self.window])
+            window = window[np.argsort(self.durations[window], kind="stable")]
+            cut = self._cut(window)
+            batches += [cut[i] for i in rng.permutation(len(cut))]
+        return batches
+
+    def _cut(self, window: np.ndarray) -> list[list[int]]:
+        """Consecutive clips of a duration-sorted window into batches."""
+        if self.batch_seconds is None:
+            return [window[i : i + self.batch_size].tolist() for i in range(0, len(window), self.batch_size)]
+        batches, current = [], []
+        for index in window.tolist():  # sorted: the clip being added is the batch's longest
+            fits = (len(current) + 1) * self.durations[index] <= self.batch_seconds
+            if current and (not fits or len(current) == self.batch_size):
+                batches.append(current)
+                current = []
+            current.append(index)
+        return batches + ([current] if current else [])
+
+    def __iter__(self) -> Iterator[list[int]]:
+        self.epoch = self.current_epoch()
+        batches = self.plan(self.epoch)[self.rank]
+        if self.epoch_tags:
+            batches = [[(index, self.epoch) for index in batch] for batch in batches]
+        return iter(batches)
+
+    def __len__(self) -> int:
+        return len(self.plan(self.current_epoch())[self.rank])
+
+
+def _padded(batches: list[list[int]], steps: int) -> list[list[int]]:
+    """A slot's batches, its first ones repeated up to ``steps``."""
+    if not batches:
+        raise ValueError(
+            "a DataLoader worker would have no training clips: the split has fewer shards than ranks x workers "
+            "(data.num_workers); write smaller shards (sharwriter --shard-size) or use fewer workers"
+        )
+    return [batches[i % len(batches)] for i in range(steps)]
