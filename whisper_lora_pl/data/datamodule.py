@@ -26,9 +26,9 @@ from whisper_lora_pl.data.dataset import PreparedSplit, SpeechDataset
 from whisper_lora_pl.data.evalsets import EvalSet, LoadedSet, load_set
 from whisper_lora_pl.data.features import set_feature_context
 from whisper_lora_pl.data.packing import PackedSpeech, PackedWindows
-from whisper_lora_pl.data.shar import shard_of
 from whisper_lora_pl.data.shardplan import ShardBatches
 from whisper_lora_pl.data.sources import Example, Source, whisper_language
+from whisper_lora_pl.data.tables import TokenTable, compact, shard_numbers
 from whisper_lora_pl.data.workers import worker_context
 
 log = logging.getLogger(__name__)
@@ -248,7 +248,7 @@ class WhisperDataModule(L.LightningDataModule):
         if stage != "train":  # longest first: similar durations in a batch get similar token budgets and stop together
             order = sorted(range(len(kept)), key=lambda i: -seconds[i])
             kept, labels, seconds = [kept[i] for i in order], [labels[i] for i in order], [seconds[i] for i in order]
-        return PreparedSplit(kept, labels, seconds, skipped)
+        return PreparedSplit(compact(kept), TokenTable(labels), np.asarray(seconds, dtype=np.float64), skipped)
 
     def _probe_durations(self, examples: list[Example], stage: Stage) -> list[float | str]:
         """Each clip's duration from its header, or the reason it cannot be read (warned about with its file)."""
@@ -273,7 +273,7 @@ class WhisperDataModule(L.LightningDataModule):
         """The median and the longest duration of the training clips: how much speech a piece of long audio holds
         when the run decodes it, and the longest file it decodes whole (``segments.at_pauses``); None without a
         training split."""
-        if "train" not in self.prepared or not self.prepared["train"].durations:
+        if "train" not in self.prepared or not len(self.prepared["train"].durations):
             return None
         durations = self.prepared["train"].durations
         return round(float(np.median(durations)), 3), round(float(max(durations)), 3)
@@ -325,8 +325,7 @@ class WhisperDataModule(L.LightningDataModule):
     def sharded(self) -> bool:
         """Whether the training clips all live in shards (:class:`~whisper_lora_pl.data.shar.LhotseShar`): then
         each rank and worker reads its own shards (:class:`~whisper_lora_pl.data.shardplan.ShardBatches`)."""
-        examples = self.prepared["train"].examples
-        return bool(examples) and all(shard_of(example) is not None for example in examples)
+        return shard_numbers(self.prepared["train"].examples) is not None
 
     def _shard_batches(self, world: int, rank: int) -> ShardBatches:
         trainer, split = self.trainer, self.prepared["train"]
@@ -334,7 +333,7 @@ class WhisperDataModule(L.LightningDataModule):
         if self.augmenter is not None and self.augment.speed_prob:  # slowed down, a clip lasts longer
             durations = [d / min(1.0, *self.augment.speed_factors) for d in durations]
         return ShardBatches(
-            [shard_of(example) for example in split.examples],
+            shard_numbers(split.examples),
             durations,
             self.batch_size,
             batch_seconds=self.batch_seconds,
@@ -368,7 +367,7 @@ class WhisperDataModule(L.LightningDataModule):
         """(most clips, longest clip in seconds, most label tokens) of each kind of training batch this run makes:
         one per duration bucket, or the packed windows' (what ``memory.MemoryCheck`` runs before step 1)."""
         split = self.prepared["train"]
-        tokens = max(len(ids) for ids in split.labels)
+        tokens = int(split.labels.lengths().max())
         if self.pack_windows:  # windows filled up to the context, their labels up to the decoder's limit
             return [(self.batch_size, self.context_seconds, self.max_label_length)]
         if self.timestamp_share > 0 or (self.trainer is not None and self.trainer.overfit_batches):
@@ -377,8 +376,9 @@ class WhisperDataModule(L.LightningDataModule):
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         if self.sharded():  # this epoch's batches: the most clips, the longest clip, the most audio, the most tokens
             batches = self._shard_batches(world, rank)
+            durations, lengths = np.asarray(split.durations), split.labels.lengths()
             shapes = {
-                (len(b), float(max(split.durations[i] for i in b)), max(len(split.labels[i]) for i in b))
+                (len(b), float(durations[b].max()), int(lengths[b].max()))
                 for b in batches.plan(batches.current_epoch())[rank]
             }
             worst = [lambda s: s[0], lambda s: s[1], lambda s: s[0] * s[1], lambda s: s[2]]
@@ -388,7 +388,7 @@ class WhisperDataModule(L.LightningDataModule):
             (
                 math.ceil(max(len(bucket), count) / count),
                 float(sampler.durations[bucket].max()),
-                max(len(split.labels[i]) for i in bucket),
+                int(split.labels.lengths()[bucket].max()),
             )
             for bucket, count in zip(sampler.buckets, sampler.batches, strict=True)
         ]
@@ -399,7 +399,7 @@ class WhisperDataModule(L.LightningDataModule):
         prompt = len(tokenizer.prefix_tokens) - 1  # the label prefix before <|notimestamps|>
         sampler = PackedWindows(
             split.durations,
-            [len(ids) - prompt - 2 for ids in split.labels],
+            (split.labels.lengths() - prompt - 2).tolist(),
             batch_size=batch_size,
             context=self.context_seconds if self.pack_windows else 0.0,
             longest_pause=self.pack_pauses[1],

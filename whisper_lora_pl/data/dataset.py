@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,9 +24,9 @@ log = logging.getLogger(__name__)
 class PreparedSplit:
     """The examples that passed the filters, their label ids, and what was skipped and why."""
 
-    examples: list[Example]
-    labels: list[list[int]]
-    durations: list[float] = field(default_factory=list)  #: seconds, from the headers (for the duration buckets)
+    examples: Sequence[Example]  #: a list, or columns for a corpus in shards (``tables.ShardExamples``)
+    labels: Sequence[list[int]]  #: ``tables.TokenTable`` once prepared
+    durations: Sequence[float] = field(default_factory=list)  #: seconds, from the headers (for the duration buckets)
     skipped: Counter = field(default_factory=Counter)
 
     def summary(self, name: str) -> str:

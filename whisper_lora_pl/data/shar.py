@@ -167,8 +167,3 @@ class LhotseShar(Source):
         for number, (cuts, tar) in enumerate(list_shards(self.folders[split])):
             out.extend(read_shard(cuts, tar, number, self.join_with))
         return out
-
-
-def shard_of(example: Example) -> int | None:
-    """The shard an example's audio lives in (None for a clip from anywhere else)."""
-    return example.audio.shard if isinstance(example.audio, ShardMember) else None

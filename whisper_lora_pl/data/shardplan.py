@@ -53,10 +53,10 @@ class ShardBatches(DistributedSampler):
         self.batch_size, self.batch_seconds, self.window = batch_size, batch_seconds, window
         self.workers = max(1, num_workers)
         self.current_epoch, self.epoch_tags = current_epoch, epoch_tags
-        by_shard: dict[int, list[int]] = {}
-        for index, shard in enumerate(shards):
-            by_shard.setdefault(int(shard), []).append(index)
-        self.shards = [np.asarray(by_shard[s], dtype=np.int64) for s in sorted(by_shard)]
+        numbers = np.asarray(shards, dtype=np.int64)
+        order = np.argsort(numbers, kind="stable")  # each shard's clips in their order in the shard
+        cuts = np.flatnonzero(np.diff(numbers[order])) + 1
+        self.shards = [group for group in np.split(order, cuts) if len(group)]
         self._plans: dict[int, list[list[list[int]]]] = {}
 
     def set_epoch(self, epoch: int) -> None:
