@@ -10,13 +10,14 @@ import tarfile
 import tracemalloc
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 from torch.utils.data import DataLoader, get_worker_info
 
-from tests.conftest import REPO, tone
+from tests.conftest import REPO, make_cv_release, tone, train_py
 from tests.test_resume import AUGMENTED, adapters, checkpointing, losses
 from whisper_lora_pl.data.audio import AudioSpan, load_audio
 from whisper_lora_pl.data.buckets import Batches
@@ -360,3 +361,63 @@ def test_a_split_in_shards_is_held_in_columns():
     assert columns < 200 and columns < objects / 4, (columns, objects)  # measured: 166 and 1,420 bytes a clip
     mixed = [*examples[:1], Example("a.wav", "x", "a")]
     assert compact(mixed) is mixed  # not all in shards: kept as they are
+
+
+class RecordClips(L.Callback):
+    """Writes each training step's clip ids, per rank, to ``folder/rank<r>.jsonl``."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = Path(folder)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        with (self.folder / f"rank{trainer.global_rank}.jsonl").open("a") as handle:
+            handle.write(json.dumps({"step": trainer.global_step, "ids": list(batch["id"])}) + "\n")
+
+
+def steps_taken(folder: Path) -> dict[int, dict[int, list[str]]]:
+    """rank -> step -> clip ids."""
+    return {
+        int(path.stem[4:]): {row["step"]: row["ids"] for row in map(json.loads, path.read_text().splitlines())}
+        for path in folder.glob("rank*.jsonl")
+    }
+
+
+@pytest.mark.slow
+def test_two_ranks_of_two_workers_train_on_every_clip_once_and_resume_exactly(tiny_model, tmp_path):
+    """16 clips in 8 shards of 2 on 2 ranks of 2 workers: each worker reads 2 shards (2 batches of 2), an epoch is 4
+    steps; one run straight to step 4, one stopped after step 2 and resumed."""
+    sentences = ["今天天气很好", "我们去公园", "这是测试", "请关门", "他喝茶", "明天见", "周末去学校", "下雨了"]
+    corpus = make_cv_release(tmp_path / "cv", {"train": sentences + [s + "吗" for s in sentences]})
+    write_shards(CommonVoiceFolder(str(corpus)).examples("train"), tmp_path / "shards", shard_size=2)
+    source = {"splits": {"train": str(tmp_path / "shards")}}
+    shar = source_config(tmp_path, "whisper_lora_pl.data.shar.LhotseShar", source)
+
+    def fit(folder: Path, *extra: str) -> None:
+        record = {"class_path": "tests.test_lhotse.RecordClips", "init_args": {"folder": str(folder)}}
+        result = train_py(
+            "fit", "--config", TINY, "--config", shar, "--config", str(checkpointing(folder)),
+            f"--model.model_name={tiny_model}", "--data.train_split=train", "--data.val_split=null",
+            "--data.num_workers=2", "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu",
+            "--trainer.logger=CSVLogger", f"--trainer.logger.save_dir={folder}", f"--trainer.default_root_dir={folder}",
+            f"--trainer.callbacks+={json.dumps(record)}", *extra, cwd=folder,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    fit(tmp_path / "straight", "--trainer.max_steps=4")
+    straight = steps_taken(tmp_path / "straight")
+    assert sorted(straight) == [0, 1] and all(sorted(steps) == [0, 1, 2, 3] for steps in straight.values())
+    ids = sorted(clip for steps in straight.values() for batch in steps.values() for clip in batch)
+    assert len(ids) == 16 and len(set(ids)) == 16  # every clip once in the epoch, over both ranks
+
+    fit(tmp_path / "split", "--trainer.max_steps=2")
+    fit(tmp_path / "split", "--trainer.max_steps=4", "--ckpt_path=last")
+    assert steps_taken(tmp_path / "split") == straight  # each rank's batches, step by step
+    whole, split = losses(tmp_path / "straight"), {}
+    for path in (tmp_path / "split").glob("**/metrics.csv"):  # one log folder per launch
+        split |= losses(path.parent)
+    assert split == pytest.approx(whole, abs=1e-6) and sorted(whole) == [0, 1, 2, 3]
+    theirs, ours = (
+        torch.load(tmp_path / run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+        for run in ("straight", "split")
+    )
+    assert all(torch.allclose(theirs[k], ours[k], atol=1e-7) for k in theirs)

@@ -327,41 +327,31 @@ class WhisperDataModule(L.LightningDataModule):
         each rank and worker reads its own shards (:class:`~whisper_lora_pl.data.shardplan.ShardBatches`)."""
         return shard_numbers(self.prepared["train"].examples) is not None
 
-    def _shard_batches(self, world: int, rank: int) -> ShardBatches:
-        trainer, split = self.trainer, self.prepared["train"]
-        durations = split.durations
-        if self.augmenter is not None and self.augment.speed_prob:  # slowed down, a clip lasts longer
-            durations = [d / min(1.0, *self.augment.speed_factors) for d in durations]
-        return ShardBatches(
-            shard_numbers(split.examples),
-            durations,
-            self.batch_size,
-            batch_seconds=self.batch_seconds,
-            window=self.shard_window,
-            num_workers=self.num_workers,
-            num_replicas=world,
-            rank=rank,
-            seed=self.shuffle_seed,
-            current_epoch=(lambda: trainer.current_epoch) if trainer is not None else (lambda: 0),
-            epoch_tags=self.augmenter is not None,
-        )
-
-    def _duration_buckets(self, world: int, rank: int) -> DurationBuckets:
+    def _sampler_settings(self, world: int, rank: int) -> dict:
+        """What both training samplers take: the clips' durations as the batches will hold them (a clip slowed down
+        by speed perturbation lasts longer), the batch size, the ranks and the seeded epoch."""
         trainer = self.trainer
         durations = self.prepared["train"].durations
-        if self.augmenter is not None and self.augment.speed_prob:  # slowed down, a clip lasts longer
-            durations = [d / min(1.0, *self.augment.speed_factors) for d in durations]
-        return DurationBuckets(
-            durations,
-            self.batch_size,
-            batch_seconds=self.batch_seconds,
-            num_buckets=self.num_buckets,
-            num_replicas=world,
-            rank=rank,
-            seed=self.shuffle_seed,
-            current_epoch=(lambda: trainer.current_epoch) if trainer is not None else (lambda: 0),
-            epoch_tags=self.augmenter is not None,
-        )
+        if self.augmenter is not None and self.augment.speed_prob:
+            durations = np.asarray(durations) / min(1.0, *self.augment.speed_factors)
+        return {
+            "durations": durations,
+            "batch_size": self.batch_size,
+            "batch_seconds": self.batch_seconds,
+            "num_replicas": world,
+            "rank": rank,
+            "seed": self.shuffle_seed,
+            "current_epoch": (lambda: trainer.current_epoch) if trainer is not None else (lambda: 0),
+            "epoch_tags": self.augmenter is not None,
+        }
+
+    def _shard_batches(self, world: int, rank: int) -> ShardBatches:
+        shards = shard_numbers(self.prepared["train"].examples)
+        settings = self._sampler_settings(world, rank)
+        return ShardBatches(shards, **settings, window=self.shard_window, num_workers=self.num_workers)
+
+    def _duration_buckets(self, world: int, rank: int) -> DurationBuckets:
+        return DurationBuckets(**self._sampler_settings(world, rank), num_buckets=self.num_buckets)
 
     def training_batch_shapes(self) -> list[tuple[int, float, int]]:
         """(most clips, longest clip in seconds, most label tokens) of each kind of training batch this run makes:
