@@ -154,6 +154,12 @@ def test_written_shards_hold_the_same_clips_texts_and_samples(cv_release, tmp_pa
         tolerance = 0 if audio == "original" else 2**-15
         np.testing.assert_allclose(load_audio(theirs.audio), load_audio(ours.audio), atol=tolerance, rtol=0)
         assert theirs.duration == pytest.approx(len(load_audio(ours.audio)) / 16_000, abs=1e-3)
+    # the same shards at an fsspec URL: the same clips, read by range
+    by_url = LhotseShar({"train": f"file://{tmp_path / 'shards'}"}).examples("train")
+    assert [e.audio.tar.startswith("file://") for e in by_url] == [True] * len(back)
+    assert [(e.id, e.sentence, e.audio.offset, e.audio.read()) for e in by_url] == [
+        (e.id, e.sentence, e.audio.offset, e.audio.read()) for e in back
+    ]
     # lhotse itself reads what we write
     cuts = list(lhotse.CutSet.from_shar(in_dir=str(tmp_path / "shards")))
     assert [c.supervisions[0].text for c in cuts] == [e.sentence for e in examples]
