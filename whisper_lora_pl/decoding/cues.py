@@ -1,20 +1,24 @@
-"""Subtitle cues a person can read: a cue longer than a readable length is split, its time shared by its text.
+"""Subtitle cues a person can read, each timed by what placed it: the model's timestamps or the piece it was decoded
+from, never by a share of its text.
 
-The model times segments (``transcribe --timestamps model``) or pauses cut pieces (``--timestamps pauses``); either
-can be longer than a viewer reads at once. Subtitle guides (Netflix's, the BBC's) allow about 7 s and two lines of
-42 characters, 16 for Chinese and Japanese. A cue over either limit is cut in two where its text breaks best
-(after punctuation near the middle, else at a space, else between two CJK characters, never inside a word), each
-part timed in proportion to its share of the text, and so on until every part fits or cannot be cut.
+The model times segments (``transcribe --timestamps model``) or pauses cut pieces (``--timestamps pauses``, of the
+training clips' length). A cue's text goes on lines of at most 42 columns (16 Chinese or Japanese characters, the
+subtitle guides' figure), broken where the text breaks best (after punctuation near the middle, else at a space,
+else between two CJK characters, never inside a word). A cue is cut in time only when asked (``transcribe
+--max-cue-seconds 7 --max-cue-width 84``, the guides' limits): its parts are then timed in proportion to their share
+of the text, an estimate the audio does not back, which is why it is off by default.
 """
 
 from __future__ import annotations
 
 import unicodedata
 
-#: seconds a cue may last
+#: seconds a cue may last, by the guides (Netflix's, the BBC's): the limit ``--max-cue-seconds`` opts into
 MAX_SECONDS = 7.0
-#: columns a cue may take: two lines of 42; a CJK character takes 42 / 16 of them (16 per line)
+#: columns a cue may take, two lines of 42: the limit ``--max-cue-width`` opts into
 MAX_WIDTH = 84.0
+#: columns of one line; a CJK character takes 42 / 16 of them (16 per line)
+LINE_WIDTH = 42.0
 CJK_WIDTH = 42 / 16
 #: a cut after one of these is preferred when it falls in the middle 60% of the text
 PUNCTUATION = set("，。！？；：、,.!?;:…)）」』】\"'")
@@ -25,9 +29,10 @@ def width(text: str) -> float:
     return sum(CJK_WIDTH if unicodedata.east_asian_width(c) in "WF" else 1.0 for c in text)
 
 
-def readable(chunks: list[dict], max_seconds: float = MAX_SECONDS, max_width: float = MAX_WIDTH) -> list[dict]:
-    """``chunks`` with every cue over ``max_seconds`` or ``max_width`` split (0 turns a limit off); a cut cue's
-    parts keep its other fields."""
+def readable(chunks: list[dict], max_seconds: float = 0.0, max_width: float = 0.0) -> list[dict]:
+    """``chunks`` with every cue over ``max_seconds`` or ``max_width`` split, its time shared by its text (0, the
+    default, turns a limit off: each cue keeps the time it was decoded with); a cut cue's parts keep its other
+    fields."""
     out: list[dict] = []
     for chunk in chunks:
         out.extend(_split(chunk, max_seconds, max_width))
@@ -73,3 +78,13 @@ def _cut(text: str) -> int | None:
 
 def _wide(c: str) -> bool:
     return unicodedata.east_asian_width(c) in "WF" and c not in PUNCTUATION
+
+
+def lines(text: str, line_width: float = LINE_WIDTH) -> str:
+    """``text`` broken into lines of at most ``line_width`` columns where it breaks best (a word longer than a line
+    keeps its line)."""
+    text = text.strip()
+    cut = _cut(text) if width(text) > line_width else None
+    if cut is None:
+        return text
+    return f"{lines(text[:cut], line_width)}\n{lines(text[cut:], line_width)}"

@@ -108,15 +108,18 @@ def decoder_for(
     return Decoder(model, processor.tokenizer, language, task, info.num_beams, info.max_new_tokens, info.decoding)
 
 
-def srt(chunks: list[dict], max_seconds: float = cues.MAX_SECONDS, max_width: float = cues.MAX_WIDTH) -> str:
-    """SubRip text of a file's chunks, each cue cut to a readable length (:mod:`whisper_lora_pl.decoding.cues`)."""
+def srt(chunks: list[dict], max_seconds: float = 0.0, max_width: float = 0.0) -> str:
+    """SubRip text of a file's chunks, each cue's text on lines of 42 columns, timed as decoded (cut in time only
+    over limits given here: :mod:`whisper_lora_pl.decoding.cues`)."""
 
     def stamp(seconds: float) -> str:
         ms = round(seconds * 1000)
         return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d},{ms % 1000:03d}"
 
     said = cues.readable([c for c in chunks if c["text"]], max_seconds, max_width)
-    return "".join(f"{i}\n{stamp(c['start'])} --> {stamp(c['end'])}\n{c['text']}\n\n" for i, c in enumerate(said, 1))
+    return "".join(
+        f"{i}\n{stamp(c['start'])} --> {stamp(c['end'])}\n{cues.lines(c['text'])}\n\n" for i, c in enumerate(said, 1)
+    )
 
 
 class Writer:
@@ -127,9 +130,7 @@ class Writer:
     skips them); error lines are dropped, so those files are tried again.
     """
 
-    def __init__(
-        self, out: Path, resume: bool = False, max_cue: tuple[float, float] = (cues.MAX_SECONDS, cues.MAX_WIDTH)
-    ) -> None:
+    def __init__(self, out: Path, resume: bool = False, max_cue: tuple[float, float] = (0.0, 0.0)) -> None:
         out.mkdir(parents=True, exist_ok=True)
         self.out = out
         self.max_cue = max_cue
@@ -266,15 +267,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--max-cue-seconds",
         type=float,
-        default=cues.MAX_SECONDS,
-        help="split a subtitle cue that lasts longer, its time shared by its text (0: never; the JSONL keeps the "
-        "pieces as decoded)",
+        default=0.0,
+        help="split a subtitle cue that lasts longer, its time shared by its text: an estimate, not the audio's "
+        f"(default 0: never; each cue keeps the time it was decoded with; the guides say {cues.MAX_SECONDS:g})",
     )
     parser.add_argument(
         "--max-cue-width",
         type=float,
-        default=cues.MAX_WIDTH,
-        help="split a subtitle cue wider than this many columns (two lines of 42; a Chinese character counts 42/16)",
+        default=0.0,
+        help="split a subtitle cue wider than this many columns the same way (default 0: never, the text goes on "
+        f"lines of 42 columns, a Chinese character counting 42/16; the guides' two lines: {cues.MAX_WIDTH:g})",
     )
     parser.add_argument("--stride", type=float, help="ignored (kept for old scripts): pieces are cut at pauses")
     parser.add_argument(

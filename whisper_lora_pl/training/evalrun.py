@@ -3,7 +3,7 @@
 Each set is decoded with the pass's decoder (the merged copy when ``evaluate_merged``: what users take home), in the
 set's language or, with ``detect_language``, the language the model detects. Clip sets are scored as the validation
 split is; long sets go through ``longform.transcribe``, the code ``transcribe`` runs (silero-vad, the run's pieces or
-its timestamp windows, cues cut to a readable length as the SRT is), and are scored by ``longscore``. Each rank
+its timestamp windows, cues as the SRT shows them), and are scored by ``longscore``. Each rank
 decodes every ``world``-th clip or file; the CERs are torchmetrics (exact under DDP), the rest is gathered.
 Metrics: ``<stage>/<name>/cer``, ``wer``, ``clips`` (or ``files``), ``skipped``, ``looped``, ``language_accuracy``
 (with ``detect_language``); long sets add ``cue_cer`` (each segment against the text of the cues placed on it),
@@ -142,7 +142,7 @@ def _long(loaded, decoder, extractor, language, rates, batch_size, pieces, world
         record = by_path.get(str(Path(file.audio)))
         if record is None:
             continue  # failed: counted below, warned about by transcribe
-        shown = cues.readable(record["chunks"])  # the cues the SRT shows
+        shown = cues.readable(record["chunks"])  # the cues the SRT shows: each timed as decoded
         score = score_cues(shown, file.segments, joiner)
         pairs.append((record["text"], joiner.join(text for *_, text in file.segments)))
         cue_hyps, cue_refs = (
