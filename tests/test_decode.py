@@ -186,6 +186,34 @@ def test_other_languages_go_to_the_base(tiny, tmp_path):
     assert [r.tokens for r in routed(x, seconds)] == [r.tokens for r in tuned_rows]
 
 
+def test_long_audio_in_another_language_goes_to_the_base_in_its_own_timed_windows(tiny, tmp_path):
+    """Routed long audio of another language is decoded as the base decodes long audio (whole windows, its own
+    timestamps), not in the fine-tuned run's pieces; the trained language keeps the pieces."""
+    from dataclasses import replace
+
+    from tests.conftest import write_clip
+    from whisper_lora_pl.convert import tiny_whisper
+    from whisper_lora_pl.decoding.longform import transcribe
+
+    tuned, processor = tiny
+    base = WhisperForConditionalGeneration.from_pretrained(tiny_whisper(tmp_path / "base", seed=1)).eval()
+    audio = write_clip(tmp_path / "talk.wav", seconds=8.0, rate=16_000)
+    greedy = DecodingSettings(tokens_per_second=2.0, min_tokens=2, temperatures=[0.0])  # no retries: fast
+    routed = Decoder(tuned, processor.tokenizer, "en", "transcribe", max_new_tokens=6, settings=greedy,
+                     route=(base, "zh"))  # fmt: skip
+    fe = processor.feature_extractor
+
+    def chunks(decoder: Decoder) -> list:
+        (record,) = transcribe([audio], decoder, fe, speech="none", piece_seconds=3.0).records
+        return [(c["start"], c["end"], c["text"]) for c in record["chunks"]]
+
+    base_windows = replace(routed, model=base, route=None, timestamps=True)
+    assert chunks(routed) == chunks(base_windows)
+    assert chunks(routed) != chunks(replace(routed, model=base, route=None))  # the base in pieces differs
+    in_pieces = chunks(replace(routed, language="zh"))  # the trained language: pieces, by the adapters
+    assert in_pieces == chunks(replace(routed, route=None, language="zh")) != chunks(base_windows)
+
+
 @pytest.mark.parametrize(
     ("name", "language", "task", "expected"), [("tiny", "zh", "transcribe", 4), ("en", None, None, 2)]
 )
