@@ -11,7 +11,48 @@ import numpy as np
 from torch.utils.data import Dataset, DistributedSampler
 
 
-class DurationBuckets(DistributedSampler):
+class EpochBatches(DistributedSampler):
+    """What the training samplers share: every batch of an epoch a pure function of (seed, epoch), the epoch read from
+    ``current_epoch`` when its iteration starts (Lightning's ``set_epoch`` is one ahead after a run stopped mid-epoch
+    is resumed), and ``(index, epoch)`` pairs for a dataset that augments. A ``DistributedSampler`` so that Lightning
+    keeps it instead of sharding again; a resumed epoch skips the batches already taken (``StatefulDataLoader``
+    counts them). Subclasses say which batches a rank takes (``rank_batches``)."""
+
+    def __init__(
+        self,
+        durations: Sequence[float],
+        batch_size: int,
+        *,
+        batch_seconds: float | None,
+        num_replicas: int,
+        rank: int,
+        seed: int,
+        current_epoch: Callable[[], int],
+        epoch_tags: bool,
+    ) -> None:
+        if batch_size < 1 or (batch_seconds is not None and batch_seconds <= 0):
+            raise ValueError("batch_size must be at least 1, batch_seconds above 0")
+        super().__init__(range(len(durations)), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.durations = np.asarray(durations, dtype=np.float64)
+        self.batch_size, self.batch_seconds = batch_size, batch_seconds
+        self.current_epoch, self.epoch_tags = current_epoch, epoch_tags
+
+    def set_epoch(self, epoch: int) -> None:
+        """Ignored: see the class docstring."""
+
+    def rank_batches(self, epoch: int) -> list[list[int]]:
+        """This rank's batches of ``epoch``, in order."""
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[list[int]]:
+        self.epoch = self.current_epoch()
+        batches = self.rank_batches(self.epoch)
+        if self.epoch_tags:
+            batches = [[(index, self.epoch) for index in batch] for batch in batches]
+        return iter(batches)
+
+
+class DurationBuckets(EpochBatches):
     """Yields this rank's batches (lists of indices) of one epoch.
 
     The clips are sorted by duration and cut into ``num_buckets`` buckets of equal count. Each epoch, every bucket is
@@ -21,10 +62,8 @@ class DurationBuckets(DistributedSampler):
     takes a batch of the same bucket and all ranks take the same number of steps (a bucket too small for its groups
     repeats some of its clips, as ``DistributedSampler`` does). The steps are shuffled across buckets.
 
-    It is a ``DistributedSampler`` so that Lightning keeps it instead of sharding again; its epoch is read from
-    ``current_epoch`` (the trainer's) when an epoch's iteration starts, because Lightning's ``set_epoch`` is one ahead
-    after a run stopped mid-epoch is resumed. A resumed epoch skips the batches already taken (``StatefulDataLoader``
-    counts them) and then yields the same batches as the unbroken run.
+    Seeding, the epoch and resume as every training sampler (:class:`EpochBatches`): a resumed epoch yields the
+    same batches as the unbroken run.
     """
 
     def __init__(
@@ -42,11 +81,16 @@ class DurationBuckets(DistributedSampler):
     ) -> None:
         if batch_size < 1 or num_buckets < 1 or (batch_seconds is not None and batch_seconds <= 0):
             raise ValueError("batch_size and num_buckets must be at least 1, batch_seconds above 0")
-        super().__init__(list(durations), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
-        self.durations = np.asarray(durations, dtype=np.float64)
-        self.batch_size, self.batch_seconds = batch_size, batch_seconds
-        self.current_epoch = current_epoch
-        self.epoch_tags = epoch_tags  # yield (index, epoch) pairs: what a dataset that augments draws from
+        super().__init__(
+            durations,
+            batch_size,
+            batch_seconds=batch_seconds,
+            num_replicas=num_replicas,
+            rank=rank,
+            seed=seed,
+            current_epoch=current_epoch,
+            epoch_tags=epoch_tags,
+        )
         order = np.argsort(self.durations, kind="stable")
         wanted = min(num_buckets, max(1, len(order) // max(1, self._estimated_cap() * num_replicas)))
         self.buckets = [bucket for bucket in np.array_split(order, wanted) if len(bucket)]
@@ -65,9 +109,6 @@ class DurationBuckets(DistributedSampler):
             return self.batch_size
         return max(1, math.floor(self.batch_seconds / max(longest, 1e-6)))
 
-    def set_epoch(self, epoch: int) -> None:
-        """Ignored: see the class docstring."""
-
     def steps(self, epoch: int) -> list[list[list[int]]]:
         """Every step of ``epoch``: per step, one batch per rank."""
         rng = np.random.default_rng([self.seed, epoch])
@@ -80,12 +121,8 @@ class DurationBuckets(DistributedSampler):
             steps += [batches[i : i + self.num_replicas] for i in range(0, count, self.num_replicas)]
         return [steps[i] for i in rng.permutation(len(steps))]
 
-    def __iter__(self) -> Iterator[list[int]]:
-        self.epoch = self.current_epoch()
-        batches = [step[self.rank] for step in self.steps(self.epoch)]
-        if self.epoch_tags:
-            batches = [[(index, self.epoch) for index in batch] for batch in batches]
-        return iter(batches)
+    def rank_batches(self, epoch: int) -> list[list[int]]:
+        return [step[self.rank] for step in self.steps(epoch)]
 
     def __len__(self) -> int:
         return sum(self.batches) // self.num_replicas

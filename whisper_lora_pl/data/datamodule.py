@@ -159,6 +159,7 @@ class WhisperDataModule(L.LightningDataModule):
         self.eval_sets = {name: EvalSet(**s) if isinstance(s, dict) else s for name, s in (eval_sets or {}).items()}
         self.eval_data: dict[str, LoadedSet] = {}  #: the sets read and checked, in setup
         self.shard_window = shard_window
+        self._shard_samplers: dict[tuple, ShardBatches] = {}
 
     def prepare_data(self) -> None:
         """One process per node: fetch the corpus and the processor into their caches (a local folder, or a
@@ -346,9 +347,16 @@ class WhisperDataModule(L.LightningDataModule):
         }
 
     def _shard_batches(self, world: int, rank: int) -> ShardBatches:
-        shards = shard_numbers(self.prepared["train"].examples)
-        settings = self._sampler_settings(world, rank)
-        return ShardBatches(shards, **settings, window=self.shard_window, num_workers=self.num_workers)
+        """One sampler per (world, rank), kept: the schedule's count, the memory check's shapes and the loader all
+        read its plan, which is made once an epoch from every clip's metadata."""
+        key = (world, rank, self.augmenter is not None, id(self.trainer))  # its epoch is this trainer's
+        if key not in self._shard_samplers:
+            shards = shard_numbers(self.prepared["train"].examples)
+            settings = self._sampler_settings(world, rank)
+            self._shard_samplers[key] = ShardBatches(
+                shards, **settings, window=self.shard_window, num_workers=self.num_workers
+            )
+        return self._shard_samplers[key]
 
     def _duration_buckets(self, world: int, rank: int) -> DurationBuckets:
         return DurationBuckets(**self._sampler_settings(world, rank), num_buckets=self.num_buckets)

@@ -6,13 +6,14 @@ counts them) and reads from its next batch on: nothing of the epoch is replayed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
-from torch.utils.data import DistributedSampler
+
+from whisper_lora_pl.data.buckets import EpochBatches
 
 
-class ShardBatches(DistributedSampler):
+class ShardBatches(EpochBatches):
     """Yields this rank's batches (lists of clip indices) of one epoch.
 
     Each epoch the shards are shuffled (from ``seed`` and the epoch) and dealt, one at a time, to the slot (rank,
@@ -25,8 +26,7 @@ class ShardBatches(DistributedSampler):
     ones, as ``DistributedSampler`` pads: at most about one shard's worth), so all ranks take the same number of steps
     and the workers' turns never shift.
 
-    It is a ``DistributedSampler`` so that Lightning keeps it; its epoch is read from ``current_epoch`` when an epoch's
-    iteration starts (see :class:`~whisper_lora_pl.data.buckets.DurationBuckets`).
+    Seeding, the epoch and resume as every training sampler (:class:`~whisper_lora_pl.data.buckets.EpochBatches`).
     """
 
     def __init__(
@@ -44,23 +44,24 @@ class ShardBatches(DistributedSampler):
         current_epoch: Callable[[], int] = lambda: 0,
         epoch_tags: bool = False,
     ) -> None:
-        if batch_size < 1 or window < 1 or (batch_seconds is not None and batch_seconds <= 0):
-            raise ValueError("batch_size and the shard window must be at least 1, batch_seconds above 0")
-        if len(shards) != len(durations):
-            raise ValueError("one shard number per clip")
-        super().__init__(list(durations), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
-        self.durations = np.asarray(durations, dtype=np.float64)
-        self.batch_size, self.batch_seconds, self.window = batch_size, batch_seconds, window
-        self.workers = max(1, num_workers)
-        self.current_epoch, self.epoch_tags = current_epoch, epoch_tags
+        if window < 1 or len(shards) != len(durations):
+            raise ValueError("the shard window must be at least 1, and every clip needs its shard number")
+        super().__init__(
+            durations,
+            batch_size,
+            batch_seconds=batch_seconds,
+            num_replicas=num_replicas,
+            rank=rank,
+            seed=seed,
+            current_epoch=current_epoch,
+            epoch_tags=epoch_tags,
+        )
+        self.window, self.workers = window, max(1, num_workers)
         numbers = np.asarray(shards, dtype=np.int64)
         order = np.argsort(numbers, kind="stable")  # each shard's clips in their order in the shard
         cuts = np.flatnonzero(np.diff(numbers[order])) + 1
         self.shards = [group for group in np.split(order, cuts) if len(group)]
         self._plans: dict[int, list[list[list[int]]]] = {}
-
-    def set_epoch(self, epoch: int) -> None:
-        """Ignored: the epoch comes from ``current_epoch`` (see the class docstring)."""
 
     def slots(self, epoch: int) -> list[list[int]]:
         """The shards (places in ``self.shards``) each slot ``rank * workers + worker`` reads in ``epoch``."""
@@ -118,12 +119,8 @@ class ShardBatches(DistributedSampler):
             current.append(index)
         return batches + ([current] if current else [])
 
-    def __iter__(self) -> Iterator[list[int]]:
-        self.epoch = self.current_epoch()
-        batches = self.plan(self.epoch)[self.rank]
-        if self.epoch_tags:
-            batches = [[(index, self.epoch) for index in batch] for batch in batches]
-        return iter(batches)
+    def rank_batches(self, epoch: int) -> list[list[int]]:
+        return self.plan(epoch)[self.rank]
 
     def __len__(self) -> int:
         return len(self.plan(self.current_epoch())[self.rank])
