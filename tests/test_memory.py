@@ -143,3 +143,36 @@ def test_the_probe_prints_the_largest_batches_that_fit(tiny_model, cv_release, t
         probed = (f"--data.batch_seconds={seconds}", "--data.eval_batch_size=1")
         cli = run(tiny_model, cv_release, tmp_path / "probed", *probed, *DYNAMIC)
         assert check_of(cli).report["train_peak"] > 0  # the probed value passes the check it was probed with
+
+
+def test_the_check_counts_the_base_the_eval_sets_route_other_languages_to(
+    tiny_model, cv_release, tmp_path, monkeypatch
+):
+    """With eval sets and ``other_languages: base``, a pass holds the base's copy beside the merged one: the check
+    counts it (as large as the evaluation copy of an int8 base in float32) and decodes its evaluation batch with
+    it built; a long set makes that batch the whole window. Without eval sets, no base copy is held or counted."""
+    from tests.test_evalsets import write_sets
+    from whisper_lora_pl.training import memory
+
+    built = []
+    original = memory.merged_in_memory
+
+    def spy(model, dtype, adapters=True):
+        built.append(adapters)
+        return original(model, dtype, adapters=adapters)
+
+    monkeypatch.setattr(memory, "merged_in_memory", spy)
+    sets = f"--data.eval_sets={write_sets(tmp_path, cv_release)}"
+    routed = run(tiny_model, cv_release, tmp_path / "routed", sets, "--model.decoding.other_languages=base",
+                 "--trainer.max_steps=1", "--model.encoder_length=dynamic")  # fmt: skip
+    report = check_of(routed).report
+    assert report["base copy for other languages"] == report["evaluation copy"] > 0
+    assert False in built  # the check's evaluation batch held the base
+    seen = []
+    monkeypatch.setattr(memory, "decode_once", lambda module, shape: seen.append(shape))
+    run(tiny_model, cv_release, tmp_path / "shape", sets, "--trainer.max_steps=1", "--model.encoder_length=dynamic")
+    assert seen[0].seconds == 30.0  # the long set's pieces, not the split's longest clip (2 s)
+    built.clear()
+    plain = run(tiny_model, cv_release, tmp_path / "plain", "--model.decoding.other_languages=base",
+                "--trainer.max_steps=1")  # fmt: skip
+    assert "base copy for other languages" not in check_of(plain).report and False not in built

@@ -22,11 +22,12 @@ from dataclasses import dataclass, replace
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
+from peft.tuners.lora import LoraLayer
 from transformers.modeling_outputs import BaseModelOutput
 
 from whisper_lora_pl.data.features import FRAMES_PER_SECOND
 from whisper_lora_pl.decoding.decode import out_of_memory
-from whisper_lora_pl.model.merging import QUANTIZED
+from whisper_lora_pl.model.merging import QUANTIZED, merged_in_memory
 
 GIB = 2**30
 
@@ -96,7 +97,7 @@ class MemoryCheck(L.Callback):
         if not self.enabled or datamodule is None or "train" not in getattr(datamodule, "prepared", {}):
             return
         device = module.device
-        self.report = dict(held_bytes(module))
+        self.report = dict(held_bytes(module, datamodule))
         held = ", ".join(f"{name} {size / GIB:.2f} GiB" for name, size in self.report.items())
         if device.type == "cpu" and not self.on_cpu:
             rank_zero_info(f"memory on {device}: {held} (memory_check.on_cpu: true runs the worst batches first)")
@@ -123,28 +124,53 @@ class MemoryCheck(L.Callback):
 
 def worst_evaluation_batch(module, datamodule) -> Shape:
     """The largest evaluation batch at its longest input: the full window, or the split's longest clip for a
-    dynamic encoder (which decodes each clip at its own length)."""
+    dynamic encoder (which decodes each clip at its own length), unless an eval set holds long audio (decoded in
+    pieces up to the whole window)."""
     seconds = module.hparams.context_seconds
-    if module.hparams.encoder_length == "dynamic":
+    long_sets = any(spec.kind == "long" for spec in getattr(datamodule, "eval_sets", {}).values())
+    if module.hparams.encoder_length == "dynamic" and not long_sets:
         seconds = min(seconds, math.ceil(max(datamodule.prepared["val"].durations)))
     return Shape(datamodule.eval_batch_size, float(seconds), 0)
 
 
-def held_bytes(module) -> dict[str, int]:
+def held_bytes(module, datamodule=None) -> dict[str, int]:
     """What the run holds whatever the batch: the frozen base as stored (int8 / 4-bit packed), the adapters with
-    their gradients and two optimizer moments (AdamW's), and the evaluation's merged copy (``evaluate_merged``)."""
+    their gradients and two optimizer moments (AdamW's), the evaluation's merged copy (``evaluate_merged``), and
+    while the eval sets are decoded with other languages routed to the base, the base's own copy."""
     frozen = sum(t.numel() * t.element_size() for t in module.model.parameters() if not t.requires_grad)
     frozen += sum(t.numel() * t.element_size() for t in module.model.buffers())
     trainable = sum(t.numel() * t.element_size() for t in module.model.parameters() if t.requires_grad)
     held = {"frozen base": frozen, "adapters + gradients + optimizer": 4 * trainable}
-    if module.hparams.evaluate_merged and module.hparams.quantization != "none":
-        dtype = module.evaluation_dtype()
-        size = torch.empty((), dtype=dtype).element_size()
-        # the dequantized layers are new; the rest is shared in float32, copied in 16 bits
-        dense = sum(m.in_features * m.out_features for m in module.model.modules() if isinstance(m, QUANTIZED))
-        others = sum(t.numel() for t in module.model.parameters() if t.dtype.is_floating_point and not t.requires_grad)
-        held["evaluation copy"] = dense * size + (others * size if dtype != torch.float32 else 0)
+    quantized = module.hparams.quantization != "none"
+    if module.hparams.evaluate_merged and quantized:
+        held["evaluation copy"] = _copy_bytes(module)
+    if routes_to_base(module, datamodule):
+        held["base copy for other languages"] = _copy_bytes(module, wrapped_only=not quantized)
     return held
+
+
+def routes_to_base(module, datamodule) -> bool:
+    """Whether the eval sets' passes build the base beside the evaluation's model
+    (``model.decoding.other_languages: base``, ``WhisperLoRA._evaluate_sets``)."""
+    routed = module.decoding.other_languages == "base" and bool(module.hparams.language)
+    return routed and bool(getattr(datamodule, "eval_sets", None))
+
+
+def _copy_bytes(module, wrapped_only: bool = False) -> int:
+    """Bytes of a copy ``merged_in_memory`` builds in the evaluation's dtype: every dequantized layer is new, the rest
+    shared when already in that dtype (float32), copied otherwise; of an unquantized base, the layers the adapters
+    wrap are copied (their weights must not be merged into) and the rest shared or cast likewise."""
+    dtype = module.evaluation_dtype()
+    size = torch.empty((), dtype=dtype).element_size()
+    if wrapped_only:
+        wrapped = [m.get_base_layer() for m in module.model.modules() if isinstance(m, LoraLayer)]
+        copied = {id(layer.weight) for layer in wrapped}
+        dense = sum(layer.weight.numel() for layer in wrapped)
+        others = [t for t in module.model.parameters() if not t.requires_grad and id(t) not in copied]
+        return dense * size + sum(t.numel() * size for t in others if t.dtype != dtype)
+    dense = sum(m.in_features * m.out_features for m in module.model.modules() if isinstance(m, QUANTIZED))
+    others = sum(t.numel() for t in module.model.parameters() if t.dtype.is_floating_point and not t.requires_grad)
+    return dense * size + (others * size if dtype != torch.float32 else 0)
 
 
 def _fitting(run: Callable[[Shape], None], shape: Shape, advice: Callable[[Shape, Shape | None], str], device) -> float:
@@ -323,6 +349,10 @@ def decode_once(module, shape: Shape) -> None:
     """One ``generate`` of made-up clips up to their whole token budget (never stopped early by an end-of-text),
     with the model the evaluation decodes with (its merged copy built as each pass builds it)."""
     module._begin_pass()
+    datamodule = getattr(module._trainer, "datamodule", None) if module._trainer is not None else None
+    # the eval sets' passes hold the base beside the evaluation's model while they decode: so does this batch
+    base = merged_in_memory(module.model, module.evaluation_dtype(), adapters=False) if routes_to_base(
+        module, datamodule) else None  # fmt: skip
     try:
         decoder = module.decoder
         generator = torch.Generator().manual_seed(0)
@@ -339,4 +369,5 @@ def decode_once(module, shape: Shape) -> None:
             **decoder.prompt_kwargs(),
         )
     finally:
+        del base
         module._end_pass()
