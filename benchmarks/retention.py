@@ -22,10 +22,18 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 
+OTHER = '--data.other_speech={{"manifest": "data/demo-other-speech/en.jsonl", "share": {}}}'
 SETTINGS = {
     "shipped": [],
     "ts25": ["--data.timestamp_share=0.25"],
     "ts50": ["--data.timestamp_share=0.5"],
+    "ts25-pauses": ["--data.timestamp_share=0.25", "--model.decoding.timestamps=pauses"],
+    "ts50-pauses": ["--data.timestamp_share=0.5", "--model.decoding.timestamps=pauses"],
+    # data.other_speech: English clips labelled by the base, a share of the training clips; routing off, so that the
+    # figures are what the adapters themselves keep (what a merged folder, CTranslate2 or ggml export carries)
+    "keep20": [OTHER.format(0.2), "--model.decoding.other_languages=adapters"],
+    "keep33": [OTHER.format(0.33), "--model.decoding.other_languages=adapters"],
+    "adapters": ["--model.decoding.other_languages=adapters"],
     "packed": ["--data.pack_windows=true", "--data.timestamp_share=1.0"],
     "route": ["--model.decoding.other_languages=base"],
 }

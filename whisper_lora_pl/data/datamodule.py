@@ -25,6 +25,7 @@ from whisper_lora_pl.data.collate import SpeechCollator, UnrepeatedDistributedSa
 from whisper_lora_pl.data.dataset import PreparedSplit, SpeechDataset
 from whisper_lora_pl.data.evalsets import EvalSet, LoadedSet, load_set
 from whisper_lora_pl.data.features import set_feature_context
+from whisper_lora_pl.data.otherspeech import OtherSpeech
 from whisper_lora_pl.data.packing import PackedSpeech, PackedWindows
 from whisper_lora_pl.data.shardplan import ShardBatches
 from whisper_lora_pl.data.sources import Example, Source, whisper_language
@@ -89,6 +90,10 @@ class WhisperDataModule(L.LightningDataModule):
         shard_window: with a training split in shards (:class:`~whisper_lora_pl.data.shar.LhotseShar`), each worker
             shuffles and duration-buckets this many clips of its stream at a time (``num_buckets`` is not used): larger
             mixes more, and holds more clips' metadata (not audio) in the plan.
+        other_speech: clips in other languages labelled by the base model itself, a ``share`` of each epoch's
+            training clips: the adapters learn to leave the base's transcripts and language detection of that speech
+            as they were, in every export (:mod:`whisper_lora_pl.data.otherspeech`; off by default). Not with
+            ``pack_windows``, nor with a training split in shards.
     """
 
     def __init__(
@@ -120,11 +125,14 @@ class WhisperDataModule(L.LightningDataModule):
         augment: Augment = Augment(),
         eval_sets: dict[str, EvalSet] | None = None,
         shard_window: int = 1000,
+        other_speech: OtherSpeech | None = None,
     ) -> None:
         super().__init__()
         augment.check()
         if augment.active and (pack_windows or timestamp_share > 0):
             raise ValueError("data.augment does not work with data.pack_windows or data.timestamp_share yet")
+        if other_speech is not None and pack_windows:
+            raise ValueError("data.other_speech does not work with data.pack_windows yet (a window has one language)")
         if not 0.0 <= timestamp_share <= 1.0 or not 0.0 <= pack_pauses[0] <= pack_pauses[1]:
             raise ValueError("timestamp_share must be in [0, 1], pack_pauses a (shortest, longest) pair of seconds")
         self.source = source
@@ -159,6 +167,7 @@ class WhisperDataModule(L.LightningDataModule):
         self.eval_sets = {name: EvalSet(**s) if isinstance(s, dict) else s for name, s in (eval_sets or {}).items()}
         self.eval_data: dict[str, LoadedSet] = {}  #: the sets read and checked, in setup
         self.shard_window = shard_window
+        self.other_speech = OtherSpeech(**other_speech) if isinstance(other_speech, dict) else other_speech
         self._shard_samplers: dict[tuple, ShardBatches] = {}
 
     def prepare_data(self) -> None:
@@ -208,30 +217,53 @@ class WhisperDataModule(L.LightningDataModule):
 
     def prepare_split(self, stage: Stage) -> PreparedSplit:
         """Read, cut to ``max_*_samples``, filter and tokenize one split; every skip is counted by reason (and each
-        unreadable row or clip is logged with its file)."""
+        unreadable row or clip is logged with its file). The training split gets its share of other speech."""
         examples = self.source.examples(self.split_names[stage])
         limit = self.max_samples[stage]
         examples = examples[:limit] if limit is not None else examples
-        max_label_length = self.max_label_length
-        tokenizer = self.processor.tokenizer
         skipped: Counter = Counter()
+        rows, labels, seconds = self._kept(examples, self.language, stage, skipped)
+        kept = [examples[i] for i in rows]
+        if not kept and examples:
+            raise ValueError(f"every clip of split {self.split_names[stage]!r} was skipped: {dict(skipped)}")
+        if stage != "train":  # longest first: similar durations in a batch get similar token budgets and stop together
+            order = sorted(range(len(kept)), key=lambda i: -seconds[i])
+            kept, labels, seconds = [kept[i] for i in order], [labels[i] for i in order], [seconds[i] for i in order]
+        other = 0
+        if stage == "train" and self.other_speech is not None:
+            if shard_numbers(kept) is not None:
+                raise ValueError("data.other_speech does not work with a training split in shards yet")
+            more = self._other_speech(len(kept), skipped)
+            other = len(more[0])
+            kept, labels, seconds = kept + more[0], labels + more[1], seconds + more[2]
+        return PreparedSplit(compact(kept), TokenTable(labels), np.asarray(seconds, dtype=np.float64), skipped, other)
 
+    def _kept(
+        self, examples: list[Example], language: str | None, stage: Stage, skipped: Counter, why: str = ""
+    ) -> tuple[list[int], list[list[int]], list[float]]:
+        """The indices of the examples that pass the filters, their label ids (the prefix in ``language``) and
+        durations; each skip counted under its reason (``why`` before it)."""
+        tokenizer = self.processor.tokenizer
         texts = [example.sentence.strip() for example in examples]
-        token_ids = tokenizer(texts).input_ids if texts else []
+        if language != self.language:
+            tokenizer.set_prefix_tokens(language=language, task=self.task, predict_timestamps=False)
+        try:
+            token_ids = tokenizer(texts).input_ids if texts else []
+        finally:
+            tokenizer.set_prefix_tokens(language=self.language, task=self.task, predict_timestamps=False)
         durations = self._probe_durations(examples, stage)
-
         kept, labels, seconds = [], [], []
-        for example, text, ids, duration in zip(examples, texts, token_ids, durations, strict=True):
+        for row, (example, text, ids, duration) in enumerate(zip(examples, texts, token_ids, durations, strict=True)):
             reason = None
             if example.problem:
                 log.warning("skipping row %s", example.problem)
                 reason = example.reason
-            elif example.language and whisper_language(example.language) not in (None, self.language or "en"):
-                reason = f"language {example.language!r}, not {self.language or 'en'!r}"
+            elif example.language and whisper_language(example.language) not in (None, language or "en"):
+                reason = f"language {example.language!r}, not {language or 'en'!r}"
             elif not text and stage != "predict":  # prediction needs audio only
                 reason = "empty text"
-            elif len(ids) > max_label_length:
-                reason = f"labels over {max_label_length} tokens"
+            elif len(ids) > self.max_label_length:
+                reason = f"labels over {self.max_label_length} tokens"
             elif isinstance(duration, str):
                 reason = duration
             elif duration > self.max_duration:
@@ -239,17 +271,30 @@ class WhisperDataModule(L.LightningDataModule):
             elif duration < self.min_duration and stage != "predict":
                 reason = f"audio under {self.min_duration:g} s"
             if reason:
-                skipped[reason] += 1
+                skipped[why + reason] += 1
                 continue
-            kept.append(example)
+            kept.append(row)
             labels.append(ids)
             seconds.append(duration)
-        if not kept and examples:
-            raise ValueError(f"every clip of split {self.split_names[stage]!r} was skipped: {dict(skipped)}")
-        if stage != "train":  # longest first: similar durations in a batch get similar token budgets and stop together
-            order = sorted(range(len(kept)), key=lambda i: -seconds[i])
-            kept, labels, seconds = [kept[i] for i in order], [labels[i] for i in order], [seconds[i] for i in order]
-        return PreparedSplit(compact(kept), TokenTable(labels), np.asarray(seconds, dtype=np.float64), skipped)
+        return kept, labels, seconds
+
+    def _other_speech(self, clips: int, skipped: Counter) -> tuple[list[Example], list[list[int]], list[float]]:
+        """``data.other_speech``'s clips for an epoch of ``clips`` training clips: its rows in order, cycled through
+        up to its count, each labelled after the prompt of its own language."""
+        spec = self.other_speech
+        examples = spec.examples()
+        found: dict[int, tuple[list[int], float]] = {}  # row -> (labels, seconds)
+        for language in dict.fromkeys(e.language for e in examples):  # one tokenizing per language
+            rows = [i for i, e in enumerate(examples) if e.language == language]
+            kept, labels, seconds = self._kept(
+                [examples[i] for i in rows], language, "train", skipped, "other speech: "
+            )
+            found |= {rows[k]: (ids, t) for k, ids, t in zip(kept, labels, seconds, strict=True)}
+        if not found:
+            raise ValueError(f"every clip of data.other_speech ({spec.manifest}) was skipped: {dict(skipped)}")
+        order = sorted(found)
+        chosen = [order[i % len(order)] for i in range(spec.count(clips))]
+        return [examples[i] for i in chosen], [found[i][0] for i in chosen], [found[i][1] for i in chosen]
 
     def _probe_durations(self, examples: list[Example], stage: Stage) -> list[float | str]:
         """Each clip's duration from its header, or the reason it cannot be read (warned about with its file)."""
@@ -276,7 +321,8 @@ class WhisperDataModule(L.LightningDataModule):
         training split."""
         if "train" not in self.prepared or not len(self.prepared["train"].durations):
             return None
-        durations = self.prepared["train"].durations
+        split = self.prepared["train"]
+        durations = split.durations[: len(split.durations) - split.other]  # the trained language's clips
         return round(float(np.median(durations)), 3), round(float(max(durations)), 3)
 
     def dataset(self, stage: Stage) -> SpeechDataset:

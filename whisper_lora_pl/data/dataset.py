@@ -28,10 +28,12 @@ class PreparedSplit:
     labels: Sequence[list[int]]  #: ``tables.TokenTable`` once prepared
     durations: Sequence[float] = field(default_factory=list)  #: seconds, from the headers (for the duration buckets)
     skipped: Counter = field(default_factory=Counter)
+    other: int = 0  #: the last ``other`` examples are other speech labelled by the base (``data.other_speech``)
 
     def summary(self, name: str) -> str:
         skips = ", ".join(f"{count} {why}" for why, count in sorted(self.skipped.items())) or "none"
-        return f"{name}: {len(self.examples)} clips kept, skipped: {skips}"
+        other = f" (of them {self.other} of other speech, labelled by the base)" if self.other else ""
+        return f"{name}: {len(self.examples)} clips kept{other}, skipped: {skips}"
 
 
 class SpeechDataset(Dataset):

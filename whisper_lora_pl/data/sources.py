@@ -283,11 +283,19 @@ class Manifest(Source):
         files: split name -> manifest path, e.g. ``{train: data/train.jsonl, test: data/test.jsonl}``.
         audio_column: column (or JSON key) with the audio path.
         text_column: column (or JSON key) with the transcript; None for audio-only lists (``predict``).
+        language_column: column (or JSON key) with each clip's language, where a row may state one (a clip in
+            another language than the run's is then a counted skip); rows without it say nothing.
     """
 
-    def __init__(self, files: dict[str, str], audio_column: str = "audio", text_column: str | None = "text") -> None:
+    def __init__(
+        self,
+        files: dict[str, str],
+        audio_column: str = "audio",
+        text_column: str | None = "text",
+        language_column: str | None = None,
+    ) -> None:
         self.files = {split: Path(path).expanduser() for split, path in files.items()}
-        self.audio_column, self.text_column = audio_column, text_column
+        self.audio_column, self.text_column, self.language_column = audio_column, text_column, language_column
 
     def splits(self) -> list[str]:
         return list(self.files)
@@ -312,7 +320,9 @@ class Manifest(Source):
             audio = Path(value).expanduser()
             audio = audio if audio.is_absolute() else path.parent / audio
             text = row.get(self.text_column) if self.text_column else ""
-            out.append(Example(str(audio), text if isinstance(text, str) else "", value))
+            language = row.get(self.language_column) if self.language_column else None
+            language = language if isinstance(language, str) and language.strip() else None
+            out.append(Example(str(audio), text if isinstance(text, str) else "", value, language=language))
         return out
 
 
