@@ -150,6 +150,18 @@ def test_a_fit_on_packed_windows_with_timestamps_trains_on_every_clip(tiny_model
     assert load_checkpoint(checkpoint)[1].timestamps is True
 
 
+@pytest.mark.parametrize(("share", "setting", "expected"), [(0.5, "pauses", False), (0.0, "model", True)])
+def test_model_decoding_timestamps_chooses_how_the_run_decodes_long_audio(tiny_model, cv_release, tmp_path, share,
+                                                                           setting, expected):  # fmt: skip
+    """``model.decoding.timestamps`` over the run's training: a run trained on timestamp labels may cut long audio
+    at pauses (and a plain one be timed by the model); the checkpoint tells transcribe, the long eval sets follow."""
+    extra = ["--trainer.max_steps=1", f"--data.timestamp_share={share}", f"--model.decoding.timestamps={setting}"]
+    cli = main(["fit", *tiny_args(tiny_model, cv_release, tmp_path, *extra)])
+    assert cli.model.long_timestamps() is expected
+    (checkpoint,) = tmp_path.glob("**/checkpoints/*.ckpt")
+    assert load_checkpoint(checkpoint)[1].timestamps is expected
+
+
 def test_resume_mid_epoch_continues_exactly_on_packed_windows(tiny_model, cv_release, tmp_path):
     """8 clips of 1-1.5 s with pauses of 14-15 s, batches of 2 windows of 1 or 2 clips (the default fill draws each
     batch's length): 3 steps an epoch, stopped after the first step of epoch 1."""
