@@ -34,6 +34,20 @@ SETTINGS = {
     "keep20": [OTHER.format(0.2), "--model.decoding.other_languages=adapters"],
     "keep33": [OTHER.format(0.33), "--model.decoding.other_languages=adapters"],
     "adapters": ["--model.decoding.other_languages=adapters"],
+    # with routing, the language of clips left to the model detected by the adapters, which trained on both
+    "keep20-route": [OTHER.format(0.2), "--model.decoding.detect_with=adapters"],
+    "keep20-ts50": [
+        OTHER.format(0.2),
+        "--data.timestamp_share=0.5",
+        "--model.decoding.timestamps=pauses",
+        "--model.decoding.detect_with=adapters",
+    ],
+    "keep20-ts50-adapters": [
+        OTHER.format(0.2),
+        "--data.timestamp_share=0.5",
+        "--model.decoding.timestamps=pauses",
+        "--model.decoding.other_languages=adapters",
+    ],
     "packed": ["--data.pack_windows=true", "--data.timestamp_share=1.0"],
     "route": ["--model.decoding.other_languages=base"],
 }

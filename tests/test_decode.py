@@ -186,6 +186,30 @@ def test_other_languages_go_to_the_base(tiny, tmp_path):
     assert [r.tokens for r in routed(x, seconds)] == [r.tokens for r in tuned_rows]
 
 
+def test_the_adapters_may_detect_the_language_they_route(tiny, tmp_path):
+    """``detect_with: adapters``: the fine-tuned model detects (one decoder step), its trained language stays with
+    it and any other goes to the base, decoded in the language the adapters found."""
+    from dataclasses import replace
+
+    from whisper_lora_pl.convert import tiny_whisper
+    from whisper_lora_pl.decoding.decode import detect_languages
+
+    tuned, processor = tiny
+    base = WhisperForConditionalGeneration.from_pretrained(tiny_whisper(tmp_path / "base", seed=1)).eval()
+    x, seconds = features(4), [3.0] * 4
+    found = detect_languages(tuned, processor.tokenizer, x)
+    trained = found[0]
+    settings = replace(SETTINGS, detect_with="adapters")
+    routed = Decoder(tuned, processor.tokenizer, "auto", "transcribe", max_new_tokens=6, settings=settings,
+                     route=(base, trained))  # fmt: skip
+    assert routed.detector() is tuned and replace(routed, settings=SETTINGS).detector() is base
+    for row, result in enumerate(routed(x, seconds)):
+        model = tuned if found[row] == trained else base
+        alone = Decoder(model, processor.tokenizer, found[row], "transcribe", max_new_tokens=6, settings=SETTINGS,
+                        whole_windows=model is base)(x[row : row + 1], seconds[:1])[0]  # fmt: skip
+        assert (result.tokens, result.language) == (alone.tokens, found[row]), row
+
+
 def test_long_audio_in_another_language_goes_to_the_base_in_its_own_timed_windows(tiny, tmp_path):
     """Routed long audio of another language is decoded as the base decodes long audio (whole windows, its own
     timestamps), not in the fine-tuned run's pieces; the trained language keeps the pieces."""

@@ -69,6 +69,10 @@ class DecodingSettings:
             window after window with the model's own timestamps; ``pauses``, in pieces cut at pauses, each piece
             decoded as a clip and timed by the speech in it; ``auto``, ``model`` for a run trained on timestamp
             labels (``data.timestamp_share``), ``pauses`` otherwise. Clips are always decoded without timestamps.
+        detect_with: with ``other_languages: base`` and the language left to the model, which model detects it:
+            ``base``, or ``adapters`` (the fine-tuned model: one that trained on other speech labelled by the base,
+            ``data.other_speech``, knows both the trained language and the others, where a base may not know the
+            trained one's accent or voices).
     """
 
     tokens_per_second: float = 15.0
@@ -79,6 +83,7 @@ class DecodingSettings:
     seed: int = 0
     other_languages: Literal["adapters", "base"] = "adapters"
     timestamps: Literal["auto", "model", "pauses"] = "auto"
+    detect_with: Literal["base", "adapters"] = "base"
 
     def budget(self, seconds: float, cap: int) -> int:
         """Tokens a clip of ``seconds`` may write, at most ``cap``."""
@@ -191,6 +196,10 @@ class Decoder:
                 results[row] = result
         return results
 
+    def detector(self) -> torch.nn.Module:
+        """The model that detects the language when routing (``DecodingSettings.detect_with``)."""
+        return self.route[0] if self.settings.detect_with == "base" else self.model
+
     def _routed(self, input_features: torch.Tensor, durations: Sequence[float]) -> list[Decoded]:
         """Speech in the trained language through the adapters, any other through the base (``route``), which sees
         whole windows, as it was pretrained (a dynamic encoder's cut lengths are what the adapters learned: the
@@ -200,9 +209,9 @@ class Decoder:
         tuned = replace(self, route=None, language=trained)
         if self.language != "auto":
             return (tuned if self.language == trained else base)(input_features, durations)
-        # the base detects each clip's language (one decoder step), and each clip is decoded in it as if given: the
-        # trained language by the adapters, any other by the base (not decoded by the base first, then again)
-        detected = detect_languages(base_model, self.tokenizer, input_features)
+        # the base (or the adapters: detect_with) detects each clip's language in one decoder step, and each clip is
+        # decoded in it as if given: the trained language by the adapters, any other by the base
+        detected = detect_languages(self.detector(), self.tokenizer, input_features)
         results: list[Decoded | None] = [None] * len(detected)
         for language in dict.fromkeys(detected):
             rows = [row for row, found in enumerate(detected) if found == language]

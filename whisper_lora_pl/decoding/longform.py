@@ -130,13 +130,13 @@ def transcribe(
 
 def _by_language(files: list[Path], decoder: Decoder, feature_extractor, sink: Sink | None, speech: Detector,
                  **kwargs) -> Transcripts:  # fmt: skip
-    """Long audio with its language left to the model, routed as a given language is: the base detects each file's
-    language once, on the 30 s from where its speech begins (as OpenAI's and faster-whisper's long-form decoding
-    detect it on the first window), and the file is decoded in that language, by the adapters if it is the trained
-    one, else whole by the base. Piece by piece, a file's pieces in another language were decoded by the base in
-    pieces of the trained clips' length, and a piece the base misheard as the trained language went to the
-    adapters."""
-    base, trained = decoder.route
+    """Long audio with its language left to the model, routed as a given language is: the base (or the adapters:
+    ``detect_with``) detects each file's language once, on the 30 s from where its speech begins (as OpenAI's and
+    faster-whisper's long-form decoding detect it on the first window), and the file is decoded in that language,
+    by the adapters if it is the trained one, else whole by the base. Piece by piece, a file's pieces in another
+    language were decoded by the base in pieces of the trained clips' length, and a piece the base misheard as the
+    trained language went to the adapters."""
+    trained = decoder.route[1]
     context = feature_extractor.n_samples
     result = Transcripts()
     groups: dict[str, list[Path]] = {}
@@ -155,7 +155,7 @@ def _by_language(files: list[Path], decoder: Decoder, feature_extractor, sink: S
             continue
         start = int(frames[0] * FRAME_SECONDS * SAMPLING_RATE)
         features = torch.from_numpy(log_mel(feature_extractor, wave[start : start + context]))[None]
-        groups.setdefault(detect_languages(base, decoder.tokenizer, features)[0], []).append(path)
+        groups.setdefault(detect_languages(decoder.detector(), decoder.tokenizer, features)[0], []).append(path)
     for language, group in groups.items():
         done = transcribe(group, replace(decoder, language=language), feature_extractor, sink=sink, speech=speech,
                           **kwargs)  # fmt: skip
