@@ -34,6 +34,8 @@ SETTINGS = {
     "keep20": [OTHER.format(0.2), "--model.decoding.other_languages=adapters"],
     "keep33": [OTHER.format(0.33), "--model.decoding.other_languages=adapters"],
     "adapters": ["--model.decoding.other_languages=adapters"],
+    # the control of keep20: as many steps (25) without other speech (the 160 Mandarin clips and 40 of them again)
+    "steps25": ["--trainer.max_steps=25", "--trainer.max_epochs=2", "--model.decoding.other_languages=adapters"],
     # with routing, the language of clips left to the model detected by the adapters, which trained on both
     "keep20-route": [OTHER.format(0.2), "--model.decoding.detect_with=adapters"],
     "keep20-ts50": [

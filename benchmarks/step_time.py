@@ -47,7 +47,7 @@ def main() -> None:
     runs: dict[str, list[dict]] = {}
     for seed in args.seeds:  # settings alternate, so a slow spell of the machine does not land on one of them
         for setting in args.settings:
-            done = subprocess.run([sys.executable, __file__, "--child", setting, str(seed)], cwd=HERE,
+            done = subprocess.run([sys.executable, __file__, "--child", setting, str(seed)], cwd=HERE.parent,
                                   capture_output=True, text=True)  # fmt: skip
             if done.returncode:
                 raise RuntimeError(f"{setting} seed {seed} failed:\n{done.stderr[-3000:]}")
