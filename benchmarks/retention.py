@@ -23,25 +23,39 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 OTHER = '--data.other_speech={{"manifest": "data/demo-other-speech/en.jsonl", "share": {}}}'
+#: the demo before other speech: no other speech, other languages routed to the base, which detects them
+ROUTE = ["--data.other_speech=null", "--model.decoding.detect_with=base"]
 SETTINGS = {
-    "shipped": [],
-    "ts25": ["--data.timestamp_share=0.25"],
-    "ts50": ["--data.timestamp_share=0.5"],
-    "ts25-pauses": ["--data.timestamp_share=0.25", "--model.decoding.timestamps=pauses"],
-    "ts50-pauses": ["--data.timestamp_share=0.5", "--model.decoding.timestamps=pauses"],
+    "shipped": [],  # configs/demo.yaml as it is
+    "route": ROUTE,  # the demo's default before other speech (2026-12-06)
+    "adapters": [*ROUTE, "--model.decoding.other_languages=adapters"],  # every language by the adapters
+    "ts25": [*ROUTE, "--data.timestamp_share=0.25"],
+    "ts50": [*ROUTE, "--data.timestamp_share=0.5"],
+    "ts25-pauses": [*ROUTE, "--data.timestamp_share=0.25", "--model.decoding.timestamps=pauses"],
+    "ts50-pauses": [*ROUTE, "--data.timestamp_share=0.5", "--model.decoding.timestamps=pauses"],
+    "packed": [*ROUTE, "--data.pack_windows=true", "--data.timestamp_share=1.0"],
     # data.other_speech: English clips labelled by the base, a share of the training clips; routing off, so that the
     # figures are what the adapters themselves keep (what a merged folder, CTranslate2 or ggml export carries)
     "keep20": [OTHER.format(0.2), "--model.decoding.other_languages=adapters"],
     "keep33": [OTHER.format(0.33), "--model.decoding.other_languages=adapters"],
-    "adapters": ["--model.decoding.other_languages=adapters"],
     # the control of keep20: as many steps (25) without other speech (the 160 Mandarin clips and 40 of them again)
-    "steps25": ["--trainer.max_steps=25", "--trainer.max_epochs=2", "--model.decoding.other_languages=adapters"],
+    "steps25": [
+        *ROUTE,
+        "--trainer.max_steps=25",
+        "--trainer.max_epochs=2",
+        "--model.decoding.other_languages=adapters",
+    ],
     # with routing, the language of clips left to the model detected by the adapters, which trained on both
-    "keep20-route": [OTHER.format(0.2), "--model.decoding.detect_with=adapters"],
+    "keep20-route": [
+        OTHER.format(0.2),
+        "--model.decoding.other_languages=base",
+        "--model.decoding.detect_with=adapters",
+    ],
     "keep20-ts50": [
         OTHER.format(0.2),
         "--data.timestamp_share=0.5",
         "--model.decoding.timestamps=pauses",
+        "--model.decoding.other_languages=base",
         "--model.decoding.detect_with=adapters",
     ],
     "keep20-ts50-adapters": [
@@ -50,8 +64,6 @@ SETTINGS = {
         "--model.decoding.timestamps=pauses",
         "--model.decoding.other_languages=adapters",
     ],
-    "packed": ["--data.pack_windows=true", "--data.timestamp_share=1.0"],
-    "route": ["--model.decoding.other_languages=base"],
 }
 COLUMNS = [
     ("clip CER", "val/cer"),

@@ -30,7 +30,7 @@ from whisper_lora_pl.takehome.transcribe import decoder_for, load_model, transcr
 from whisper_lora_pl.training.cli import main
 
 CORPUS = REPO / "data" / "demo-zh-CN"
-DEMO_CER, SEED_SPREAD = 0.583, 0.07  # the demo's test CER after training (as shipped, seed 0), and one seed's spread
+DEMO_CER, SEED_SPREAD = 0.535, 0.07  # the demo's test CER after training (as shipped, seed 0), and one seed's spread
 TEST_TSV = CORPUS / "zh-CN" / "test.tsv"
 
 
@@ -49,7 +49,8 @@ class EvaluationClock(Callback):
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory, request):
-    """configs/demo.yaml as the README runs it (one epoch, 20 steps of 8 clips), keeping last.ckpt; at the encoder
+    """configs/demo.yaml as the README runs it (one epoch, 25 steps of 8 clips: 160 Mandarin, 40 English), keeping
+    last.ckpt; at the encoder
     context of ``--demo-context`` (30 s unless given)."""
     folder = tmp_path_factory.mktemp("demo")
     context = request.config.getoption("--demo-context")
@@ -82,13 +83,14 @@ def demo(tmp_path_factory, request):
 def test_demo_halves_the_held_out_cer(demo):
     history = demo[0]
     (first, before), (last, after) = history[0], history[-1]
-    assert first == "before training" and last == "step 20"
+    assert first == "before training" and last == "step 25"
     cer, wer = (before["val/cer"], after["val/cer"]), (before["val/wer"], after["val/wer"])
     print(f"test CER {cer[0]:.4f} -> {cer[1]:.4f}, WER {wer[0]:.4f} -> {wer[1]:.4f}")
     assert after["val/cer"] <= 0.5 * before["val/cer"]
-    # measured 0.583 at seed 0 as shipped since 2026-12-03 (dynamic encoder, a fifth of the steps on the full
-    # window, 10 duration buckets, gradients clipped, each clip decoded at its own cut); a seed moves the CER on 48
-    # clips by up to about 0.07 (docs/demo.md), so more than that above the measured figure is a regression
+    # measured 0.535 at seed 0 as shipped since 2026-12-06 (dynamic encoder, a fifth of the steps on the full
+    # window, 10 duration buckets, gradients clipped, each clip decoded at its own cut, a fifth of the clips English
+    # labelled by the base: data.other_speech; 0.583 before it); a seed moves the CER on 48 clips by up to about
+    # 0.07 (docs/demo.md), so more than that above the measured figure is a regression
     assert after["val/cer"] < DEMO_CER + SEED_SPREAD
 
 
@@ -306,12 +308,44 @@ def test_long_audio_is_timed_and_transcribed_as_its_clips(demo):
 @pytest.mark.slow
 def test_the_demo_keeps_the_bases_english(demo):
     """English after fine-tuning on Mandarin, against the base's own figures (the pass before training): long files
-    given in English go to the base whole, decoded its way (window after window, timed by itself), and English clips
-    left to the model are detected as English. Without routing the seed-0 model wrote 0.65 CER and detected no
-    English; decoded in the run's pieces the base wrote 0.118 (docs/evaluation.md): each fails an assertion here."""
+    given in English go to the base whole, decoded its way (window after window, timed by itself), and clips left to
+    the model are detected by the adapters, English as English and the Mandarin test clips as Chinese (the base
+    calls none of those Chinese). Without routing the seed-0 model wrote 0.65 CER and detected no English; decoded
+    in the run's pieces the base wrote 0.118 (docs/evaluation.md): each fails an assertion here."""
     before, after = demo[0][0][1], demo[0][-1][1]
-    print({k: round(v, 3) for k, v in after.items() if k.startswith(("val/en-long/", "val/en-detect/"))})
+    print({k: round(v, 3) for k, v in after.items() if k.startswith(("val/en-long/", "val/en-detect/", "val/zh-d"))})
     assert after["val/en-long/files"] == 4 and after["val/en-long/skipped"] == 0
     assert after["val/en-long/cer"] <= 1.1 * before["val/en-long/cer"]
     assert after["val/en-long/cer"] < 0.08  # measured 0.042, the base's own
     assert after["val/en-detect/language_accuracy"] >= before["val/en-detect/language_accuracy"] == 1.0
+    assert after["val/zh-detect/language_accuracy"] == 1.0 > before["val/zh-detect/language_accuracy"]
+
+
+@pytest.mark.slow
+def test_the_merged_model_alone_keeps_english(demo):
+    """What a merged folder, a CTranslate2 or a ggml export carries, with no base beside it to route to: the
+    checkpoint's merged weights, the language left to them, detect the English clips as English and write them
+    well, and the Mandarin test clips as Chinese. Trained without ``data.other_speech`` the same seed's adapters
+    detected no English clip (0 of 12) and wrote the English long files at 0.53 CER (docs/evaluation.md)."""
+    import numpy as np
+    import torch
+
+    from whisper_lora_pl.data.features import log_mel
+
+    model, processor, info = load_model(checkpoint=str(demo[2]))
+    decoder = replace(decoder_for(model, processor, info, "auto"), route=None)
+    folder = REPO / "data" / "demo-retention"
+    rows = [json.loads(line) for line in (folder / "en-clips.jsonl").read_text().splitlines()]
+    waves = [load_audio(folder / r["audio"]) for r in rows]
+    features = torch.from_numpy(np.stack([log_mel(processor.feature_extractor, w) for w in waves]))
+    results = decoder(features, [len(w) / 16_000 for w in waves])
+    english = ErrorRates("en", prefix="")
+    english.update([r.text for r in results], [r["text"] for r in rows])
+    scored = {k: float(v) for k, v in english.compute().items()}
+    print(f"merged, language left to it: {[r.language for r in results]}, {scored}")
+    assert [r.language for r in results] == ["en"] * len(rows)
+    assert scored["cer"] < 0.2
+    clips, _ = held_out_split()
+    chinese = [load_audio(c) for c in clips[:16]]
+    features = torch.from_numpy(np.stack([log_mel(processor.feature_extractor, w) for w in chinese]))
+    assert [r.language for r in decoder(features, [len(w) / 16_000 for w in chinese])] == ["zh"] * 16

@@ -10,6 +10,8 @@ from whisper_lora_pl.cli import main
 from whisper_lora_pl.data.datamodule import WhisperDataModule
 from whisper_lora_pl.data.otherspeech import OtherSpeech
 from whisper_lora_pl.data.sources import CommonVoiceFolder
+from whisper_lora_pl.model.merging import load_checkpoint
+from whisper_lora_pl.takehome.export import model_card
 
 
 def write_other(folder, rows: list[dict]) -> str:
@@ -97,4 +99,8 @@ def test_a_fit_trains_on_its_share_of_other_speech(tiny_model, cv_release, tmp_p
         assert train.other == (4 if extra else 0)
     assert steps == {"plain": 2, "other": 4}
     assert [e.language for e in train.examples[4:]] == ["en", "de", "en", "de"]
+    (checkpoint,) = (tmp_path / "other").glob("**/*.ckpt")  # the merged weights' model card says what they keep
+    info = load_checkpoint(checkpoint)[1]
+    assert info.other_speech == {"en": 2, "de": 2}
+    assert "each epoch 2 in `de`, 2 in `en`, labelled by the base itself" in model_card(info, "merged")
     assert torch.isfinite(fit.trainer.callback_metrics["train/loss"])

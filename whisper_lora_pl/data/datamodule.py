@@ -325,6 +325,15 @@ class WhisperDataModule(L.LightningDataModule):
         durations = split.durations[: len(split.durations) - split.other]  # the trained language's clips
         return round(float(np.median(durations)), 3), round(float(max(durations)), 3)
 
+    def other_speech_languages(self) -> dict[str, int]:
+        """Clips of other speech an epoch holds, per language (``data.other_speech``); empty without it."""
+        split = self.prepared.get("train")
+        if split is None or not split.other:
+            return {}
+        return dict(
+            Counter(split.examples[i].language for i in range(len(split.examples) - split.other, len(split.examples)))
+        )
+
     def dataset(self, stage: Stage) -> SpeechDataset:
         if stage not in self.prepared:
             raise RuntimeError(f"no {stage} split: set data.{stage}_split in the config")

@@ -124,7 +124,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tup
     # a data setting, so not among the module's hyperparameters (LightningCLI re-applies those to its signature)
     info = RunInfo.from_hparams(
         hparams
-        | {key: checkpoint.get(key) for key in ("piece_seconds", "whole_seconds")}
+        | {key: checkpoint.get(key) for key in ("piece_seconds", "whole_seconds", "other_speech")}
         | {"timestamps": checkpoint.get("timestamps", False)}
     )
     adapters = {key.removeprefix("model."): value for key, value in checkpoint["state_dict"].items()}

@@ -78,6 +78,9 @@ class RunInfo:
     piece_seconds: float | None = None
     #: the longest clip the run trained on: a file no longer than this is decoded whole, as an evaluation clip
     whole_seconds: float = 0.0
+    #: clips of other speech an epoch held, per language (``data.other_speech``): speech the adapters learned to
+    #: leave as the base had it, which the merged weights keep with no base beside them
+    other_speech: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_hparams(cls, hparams: dict) -> RunInfo:

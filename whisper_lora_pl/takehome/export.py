@@ -254,6 +254,14 @@ def model_card(info: RunInfo, part: str, evaluation: dict | None = None) -> str:
         "```",
         "",
     ]
+    if info.other_speech:
+        kept = ", ".join(f"{count} in `{language}`" for language, count in sorted(info.other_speech.items()))
+        lines += [
+            f"The adapters also trained on clips of other speech, each epoch {kept}, labelled by the base itself "
+            "(`data.other_speech`): they learned to leave those languages, and the language detection, as the base "
+            "had them, and these weights keep that with no base beside them.",
+            "",
+        ]
     if d.other_languages == "base":
         lines += [
             "The run decoded speech in other languages with the base (`decoding.other_languages: base`, the "

@@ -523,6 +523,9 @@ class WhisperLoRA(L.LightningModule):
         checkpoint["evaluation"] = self._evaluation_of_these_weights()
         checkpoint["timestamps"] = self.long_timestamps()  # transcribe's default
         checkpoint["piece_seconds"], checkpoint["whole_seconds"] = self.pieces()  # transcribe's pieces of long audio
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if hasattr(datamodule, "other_speech_languages"):  # what the merged weights keep (export's model card)
+            checkpoint["other_speech"] = datamodule.other_speech_languages()
 
     def _evaluation_of_these_weights(self) -> dict | None:
         """The last validation if it scored the weights being saved (what export's model card reports)."""
