@@ -38,7 +38,7 @@ SETTINGS = {
     # figures are what the adapters themselves keep (what a merged folder, CTranslate2 or ggml export carries)
     "keep20": [OTHER.format(0.2), "--model.decoding.other_languages=adapters"],
     "keep33": [OTHER.format(0.33), "--model.decoding.other_languages=adapters"],
-    # the control of keep20: as many steps (25) without other speech (the 160 Mandarin clips and 40 of them again)
+    # the control of keep20: as many clips (200) without other speech (the 160 Mandarin clips, then 40 of them again)
     "steps25": [
         *ROUTE,
         "--trainer.max_steps=25",

@@ -49,7 +49,7 @@ class EvaluationClock(Callback):
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory, request):
-    """configs/demo.yaml as the README runs it (one epoch, 25 steps of 8 clips: 160 Mandarin, 40 English), keeping
+    """configs/demo.yaml as the README runs it (one epoch, 30 steps of up to 8 clips: 160 Mandarin, 40 English), keeping
     last.ckpt; at the encoder
     context of ``--demo-context`` (30 s unless given)."""
     folder = tmp_path_factory.mktemp("demo")
@@ -83,7 +83,7 @@ def demo(tmp_path_factory, request):
 def test_demo_halves_the_held_out_cer(demo):
     history = demo[0]
     (first, before), (last, after) = history[0], history[-1]
-    assert first == "before training" and last == "step 25"
+    assert first == "before training" and last == "step 30"
     cer, wer = (before["val/cer"], after["val/cer"]), (before["val/wer"], after["val/wer"])
     print(f"test CER {cer[0]:.4f} -> {cer[1]:.4f}, WER {wer[0]:.4f} -> {wer[1]:.4f}")
     assert after["val/cer"] <= 0.5 * before["val/cer"]
@@ -137,14 +137,14 @@ def tutorial_section_6(adapter_dir: Path, clips: list[Path], generate_kwargs: di
 
 def evaluated_texts(folder: Path) -> dict[str, str]:
     """The last validation pass's text for each test clip, from its predictions file."""
-    (path,) = folder.glob("**/predictions/val-step20.jsonl")
+    path = max(folder.glob("**/predictions/val-step*.jsonl"), key=lambda p: int(p.stem.removeprefix("val-step")))
     records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     return {r["id"]: r["hypothesis"] for r in records}
 
 
 #: what each path that cannot give the evaluation's text is compared with, and at most how many clips it may change
-#: (of 48; the pipeline, the tutorial and whisper.cpp decode 24). Measured on 2026-12-06 (seed 0, as shipped): 40, 0,
-#: 5, 23 clips, and whisper.cpp 9 and 14 of all 48, each path's CER within 0.02 of the evaluation's on its clips.
+#: (of 48; the pipeline, the tutorial and whisper.cpp decode 24). Measured on 2026-12-06 (seed 0, as shipped, with
+#: other speech): 32 of 48, 0 and 4 of 24, 22 of 48, whisper.cpp 4 and 2 of 24; before other speech 40, 0, 5, 23, 9, 14.
 INEXACT = {
     # our own decoding of the merged folder with every clip padded to the 30 s window, as the runtimes below pad it;
     # the evaluation's dynamic encoder cut each clip a second after its speech (model.encoder_length: dynamic):
@@ -251,7 +251,10 @@ def test_what_users_take_home_transcribes_as_the_evaluation_said(demo, tmp_path,
             print(f"  {', '.join(differ)}")
     for name, (value, evaluation, _, differ, _) in figures.items():
         assert len(differ) <= INEXACT.get(name, ("", 0))[1], (name, differ)
-        assert abs(value - evaluation) <= 0.03, name  # and what the changed clips add up to is small
+        # and what the changed clips add up to is small: the paths at 30 s scored up to 0.047 below the evaluation's
+        # dynamic cuts on 2026-12-06 (transcribe --model at 30 s 0.493 against 0.535, whisper.cpp f16 0.462 against
+        # 0.509 on its 24 clips), within 0.03 of it before the demo trained on other speech
+        assert abs(value - evaluation) <= 0.05, name
     # transcribe also runs silero-vad on every file and reads audio in its one process, where the evaluation's 2
     # workers read ahead: a fixed 2-3 s, which the dynamic encoder's short evaluation made visible (6.6 s against
     # 9.7 s on 2026-12-03). The thread count silero-vad used to take is tested on its own (test_segments.py).
@@ -341,7 +344,7 @@ def test_the_merged_model_alone_keeps_english(demo):
     results = decoder(features, [len(w) / 16_000 for w in waves])
     english = ErrorRates("en", prefix="")
     english.update([r.text for r in results], [r["text"] for r in rows])
-    scored = {k: float(v) for k, v in english.compute().items()}
+    scored = {k: float(v) for k, v in english.metrics.compute().items()}
     print(f"merged, language left to it: {[r.language for r in results]}, {scored}")
     assert [r.language for r in results] == ["en"] * len(rows)
     assert scored["cer"] < 0.2

@@ -18,8 +18,10 @@ from tests.conftest import REPO, make_cv_release, train_py
 from whisper_lora_pl.training.module import FULL_WINDOW_STREAM as FULL_WINDOW
 
 DEMO = str(REPO / "configs" / "demo.yaml")
-#: 40 training clips in batches of 2: 10 buckets of 4 clips, 20 steps an epoch, preempted after step 5
-TRAIN, TEST, BATCH, STEPS, STOP = 40, 7, 2, 20, 5
+OTHER_SPEECH = REPO / "data" / "demo-other-speech" / "en.jsonl"
+#: 40 training clips and 10 of the shipped other speech (share 0.2) in batches of 2: 10 buckets of 5 clips, 30 steps
+#: an epoch, preempted after step 5
+TRAIN, TEST, BATCH, STEPS, STOP = 40, 7, 2, 30, 5
 SENTENCES = [
     "今天天气很好",
     "我们去公园散步",
@@ -47,6 +49,7 @@ def demo(tiny_model: str, corpus: Path, folder: Path, *extra: str) -> list[str]:
         f"--model.model_name={tiny_model}",
         f"--data.source.init_args.root={corpus}",
         "--data.eval_sets=null",  # the demo's sets are read from the repository (tests/test_ddp.py runs sets)
+        f"--data.other_speech.manifest={OTHER_SPEECH}",  # the shipped share of the repository's English clips
         f"--data.batch_size={BATCH}",
         "--trainer.num_sanity_val_steps=0",
         "--trainer.log_every_n_steps=1",  # every step's loss in metrics.csv
@@ -105,12 +108,13 @@ def straight(tiny_model, corpus, tmp_path_factory) -> Path:
 
 
 def test_the_demo_config_resumes_mid_epoch_exactly(tiny_model, corpus, straight, tmp_path):
-    """Preempted at step 5 of its 20-step epoch and resumed: the loss of every step and the adapters are the
+    """Preempted at step 5 of its 30-step epoch and resumed: the loss of every step and the adapters are the
     unbroken run's. The shipped settings are really in play: 10 buckets, 2 workers, full-window steps after the
     stop (the draw of ``module._full_window_step``)."""
     config = yaml.safe_load(Path(DEMO).read_text())
     assert config["data"]["num_buckets"] == 10 and config["data"]["num_workers"] == 2
     assert config["model"]["encoder_length"] == "dynamic" and config["model"]["encoder_full_share"] == 0.2
+    assert config["data"]["other_speech"]["share"] == 0.2
     seed = config["seed_everything"]
     full = [s for s in range(STEPS) if np.random.default_rng([seed, s, FULL_WINDOW]).random() < 0.2]
     assert full and min(full) > STOP
